@@ -1,0 +1,335 @@
+"""The HTTP client and the scikit-learn-shaped remote model.
+
+    from client import Client
+    with Client("http://127.0.0.1:8000") as c:
+        model = c.model("breast-cancer-logreg")
+        labels = model.predict(X)
+
+Only public evaluation keys ever leave this process; the secret key stays in the
+SecretContext. The protocol has no endpoint that accepts decrypted values: sharing
+CKKS decryptions with the server would let it recover the secret key
+(Li and Micciancio, EUROCRYPT 2021), so decrypted results never go back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import requests
+
+from protocol import v2
+from protocol.spec import BATCH, SINGLE, EncryptionSpec, SpecError
+
+from . import encoding, postprocess
+from .errors import (
+    ConnectionFailedError,
+    HEClientError,
+    InputError,
+    KeyFileError,
+    error_for_status,
+)
+from .keys import SecretContext
+
+SINGLE_ROWS_PER_REQUEST = 64
+BATCH_CHUNKS_PER_REQUEST = 8
+
+
+class Client:
+    """A connection to one server: one HTTP session, a timeout on every call."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = "heserve-client/0.1"
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- HTTP ------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self._session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            raise ConnectionFailedError(f"{method} {path}: no answer within {self.timeout} s") from None
+        except requests.RequestException as exc:
+            raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text[:500] or response.reason
+            raise error_for_status(response.status_code, message)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise HEClientError(f"{method} {path}: the server's answer is not JSON") from None
+
+    # --- metadata --------------------------------------------------------------------------
+    def server_metadata(self) -> dict:
+        return self._json("GET", "/v2")
+
+    def models(self) -> list[dict]:
+        return self._json("GET", "/v2/models")["models"]
+
+    def model_metadata(self, name: str) -> dict:
+        return self._json("GET", f"/v2/models/{name}")
+
+    def model(
+        self, name: str, key_file: str | os.PathLike | None = None, secret_context: SecretContext | None = None
+    ) -> RemoteModel:
+        """A remote model. `key_file`: load the secret key from there if it exists, else create and save it."""
+        return RemoteModel(self, name, self.model_metadata(name), key_file, secret_context)
+
+    # --- keys ------------------------------------------------------------------------------
+    def register_keys(
+        self, secret: SecretContext, rotation_steps: list[int] | tuple[int, ...], relin_keys: bool = False
+    ) -> dict:
+        """Upload public evaluation keys for these rotation steps; returns the key record (with key_id)."""
+        body, header_length = secret.evaluation_key_request(rotation_steps, relin_keys)
+        return self._json(
+            "POST",
+            "/v2/keys",
+            data=body,
+            headers={v2.HEADER_LENGTH: str(header_length), "Content-Type": v2.BINARY_CONTENT_TYPE},
+        )
+
+    def key_status(self, key_id: str) -> dict:
+        return self._json("GET", f"/v2/keys/{key_id}")
+
+    def delete_key(self, key_id: str) -> dict:
+        return self._json("DELETE", f"/v2/keys/{key_id}")
+
+    # --- inference -------------------------------------------------------------------------
+    def infer_ciphertexts(
+        self, model: str, key_id: str, layout: str, ciphertexts: list[bytes], shape: list[int], rows: int
+    ) -> tuple[list[bytes], list[int]]:
+        """Send ciphertexts, get result ciphertexts and their shape back."""
+        request = v2.Message(
+            [v2.Tensor("ciphertext", "BYTES", shape, ciphertexts)],
+            parameters={"key_id": key_id, "layout": layout, "rows": rows},
+        )
+        body, header_length = v2.encode(request, "inputs", binary=True)
+        response = self._request(
+            "POST",
+            f"/v2/models/{model}/infer",
+            data=body,
+            headers={v2.HEADER_LENGTH: str(header_length), "Content-Type": v2.BINARY_CONTENT_TYPE},
+        )
+        try:
+            answer = v2.decode(response.content, _header_length(response), "outputs")
+        except v2.ProtocolError as exc:
+            raise HEClientError(f"the server's answer is malformed: {exc}") from None
+        tensor = answer.tensors[0]
+        return tensor.data, tensor.shape
+
+    def infer_plaintext(self, model: str, x: np.ndarray) -> np.ndarray:
+        """Plaintext V2 inference (for baselines): raw model outputs, shape (rows, outputs)."""
+        x = np.asarray(x, dtype=np.float32)
+        request = v2.Message([v2.Tensor("input", "FP32", list(x.shape), x)])
+        body, _ = v2.encode(request, "inputs", binary=False)
+        response = self._request(
+            "POST", f"/v2/models/{model}/infer", data=body, headers={"Content-Type": v2.JSON_CONTENT_TYPE}
+        )
+        answer = v2.decode(response.content, None, "outputs")
+        return np.asarray(answer.tensors[0].data, dtype=np.float64)
+
+
+def _header_length(response: requests.Response) -> int | None:
+    raw = response.headers.get(v2.HEADER_LENGTH)
+    return int(raw) if raw is not None else None
+
+
+@dataclass
+class EncryptedRequest:
+    """Ciphertexts ready to send: `ciphertexts` in row-major order of `shape`."""
+
+    layout: str
+    rows: int
+    shape: list[int]
+    ciphertexts: list[bytes]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(c) for c in self.ciphertexts)
+
+
+class RemoteModel:
+    """A model served remotely, used like a scikit-learn estimator; inputs stay encrypted."""
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        metadata: dict,
+        key_file: str | os.PathLike | None = None,
+        secret_context: SecretContext | None = None,
+    ):
+        self.client = client
+        self.name = name
+        self.metadata = metadata
+        parameters = metadata.get("parameters", {})
+        try:
+            self.spec = EncryptionSpec.from_json(parameters.get("encryption"))
+        except (SpecError, ValueError) as exc:
+            raise HEClientError(f"model {name!r} does not publish a usable encryption spec: {exc}") from None
+        self.input_names: list[str] = list(parameters.get("input_names", []))
+        self.n_features_in_ = self.spec.n_features
+        self.n_outputs = self.spec.n_outputs
+        self._preprocess = parameters.get("preprocess", {"type": "identity"})
+        self._postprocess = parameters.get("postprocess", {"type": "identity"})
+        if "classes" in self._postprocess:
+            self.classes_ = np.asarray(self._postprocess["classes"])
+        self._key_file = key_file
+        self._secret = secret_context
+        self.key_id: str | None = None
+
+    # --- keys ------------------------------------------------------------------------------
+    @property
+    def secret_context(self) -> SecretContext:
+        if self._secret is None:
+            if self._key_file is not None and os.path.exists(self._key_file):
+                self._secret = SecretContext.load(self._key_file)
+            else:
+                self._secret = SecretContext.generate(self.spec.ckks)
+                if self._key_file is not None:
+                    self._secret.save(self._key_file)
+        if self._secret.params != self.spec.ckks:
+            raise KeyFileError(
+                f"the secret key is for {self._secret.params.to_json()}, model {self.name!r} needs "
+                f"{self.spec.ckks.to_json()}"
+            )
+        return self._secret
+
+    def register(self) -> str:
+        """Register this model's evaluation keys once; returns the server's key id."""
+        if self.key_id is None:
+            record = self.client.register_keys(
+                self.secret_context, self.spec.rotation_steps, self.spec.relin_keys_needed
+            )
+            self.key_id = record["key_id"]
+        return self.key_id
+
+    def delete_key(self) -> None:
+        """Erase the server's copy of this model's evaluation keys (right to erasure)."""
+        if self.key_id is not None:
+            self.client.delete_key(self.key_id)
+            self.key_id = None
+
+    # --- the estimator surface -----------------------------------------------------------
+    def decision_function(self, X: Any, layout: str | None = None) -> np.ndarray:
+        scores = self.raw_scores(X, layout)
+        return scores[:, 0] if scores.shape[1] == 1 else scores
+
+    def predict_proba(self, X: Any, layout: str | None = None) -> np.ndarray:
+        return postprocess.probabilities(self.raw_scores(X, layout), self._postprocess)
+
+    def predict(self, X: Any, layout: str | None = None) -> np.ndarray:
+        return postprocess.labels(self.raw_scores(X, layout), self._postprocess)
+
+    def raw_scores(self, X: Any, layout: str | None = None) -> np.ndarray:
+        """Model outputs before post-processing, shape (rows, n_outputs), computed encrypted."""
+        x = self.validate(X)
+        layout = layout or self.choose_layout(x.shape[0])
+        scores = []
+        for request in self.encrypt(x, layout, preprocessed=True):
+            scores.append(self.decrypt(request, self.send(request)))
+        return np.concatenate(scores, axis=0)
+
+    # --- lower-level steps --------------------------------------------------------------------
+    def validate(self, X: Any) -> np.ndarray:
+        try:
+            x = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"input must be numeric: {exc}") from None
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        if x.ndim != 2:
+            raise InputError(f"input must be 1-D (one row) or 2-D (rows, features), got {x.ndim}-D")
+        if x.shape[1] != self.n_features_in_:
+            raise InputError(
+                f"X has {x.shape[1]} features, but model {self.name!r} expects {self.n_features_in_}"
+                + (f" ({', '.join(self.input_names[:5])}, ...)" if self.input_names else "")
+            )
+        if x.shape[0] == 0:
+            raise InputError("input has no rows")
+        if not np.all(np.isfinite(x)):
+            raise InputError("input contains NaN or infinite values")
+        return x
+
+    def choose_layout(self, rows: int) -> str:
+        """Single-sample ciphertexts for a few rows (latency), SIMD batch for many (throughput)."""
+        if BATCH not in self.spec.layouts:
+            return SINGLE
+        if SINGLE not in self.spec.layouts:
+            return BATCH
+        # One ciphertext per row against one per feature: batch wins once rows outgrow features/4.
+        return SINGLE if rows * 4 <= self.n_features_in_ else BATCH
+
+    def encrypt(self, X: Any, layout: str, preprocessed: bool = False) -> list[EncryptedRequest]:
+        """Encrypt rows for `layout`, split into requests of a reasonable size."""
+        x = X if preprocessed else self.validate(X)
+        if layout not in self.spec.layouts:
+            raise InputError(f"model {self.name!r} accepts layouts {sorted(self.spec.layouts)}, not {layout!r}")
+        x = postprocess.preprocess(x, self._preprocess)
+        secret = self.secret_context
+        scale = 2.0**self.spec.input_scale_bits
+        spec = self.spec.layouts[layout]
+        requests_: list[EncryptedRequest] = []
+        if layout == SINGLE:
+            for start in range(0, x.shape[0], SINGLE_ROWS_PER_REQUEST):
+                part = x[start : start + SINGLE_ROWS_PER_REQUEST]
+                cts = [secret.encrypt(encoding.pack_single(row, spec, secret.slot_count), scale) for row in part]
+                requests_.append(EncryptedRequest(SINGLE, len(part), [len(part)], cts))
+        else:
+            capacity = min(spec.capacity, secret.slot_count)
+            step = capacity * BATCH_CHUNKS_PER_REQUEST
+            for start in range(0, x.shape[0], step):
+                part = x[start : start + step]
+                cts = []
+                for chunk_start in range(0, part.shape[0], capacity):
+                    columns = encoding.pack_batch(part[chunk_start : chunk_start + capacity], capacity)
+                    cts.extend(secret.encrypt(column, scale) for column in columns)
+                chunks = math.ceil(part.shape[0] / capacity)
+                requests_.append(EncryptedRequest(BATCH, part.shape[0], [chunks, self.n_features_in_], cts))
+        return requests_
+
+    def send(self, request: EncryptedRequest) -> list[bytes]:
+        """Send one encrypted request; returns the result ciphertexts (still encrypted)."""
+        key_id = self.register()
+        results, _ = self.client.infer_ciphertexts(
+            self.name, key_id, request.layout, request.ciphertexts, request.shape, request.rows
+        )
+        return results
+
+    def decrypt(self, request: EncryptedRequest, results: list[bytes]) -> np.ndarray:
+        """Decrypt result ciphertexts locally: raw outputs of shape (rows, n_outputs)."""
+        secret = self.secret_context
+        if request.layout == SINGLE:
+            if len(results) != request.rows:
+                raise HEClientError(f"expected {request.rows} result ciphertexts, got {len(results)}")
+            return np.stack([encoding.unpack_single(secret.decrypt(r), self.n_outputs) for r in results])
+        k = self.n_outputs
+        capacity = min(self.spec.layouts[BATCH].capacity, secret.slot_count)
+        blocks = []
+        for chunk in range(len(results) // k):
+            rows = min(capacity, request.rows - chunk * capacity)
+            slots = [secret.decrypt(r) for r in results[chunk * k : (chunk + 1) * k]]
+            blocks.append(encoding.unpack_batch(slots, rows))
+        return np.concatenate(blocks, axis=0)

@@ -1,0 +1,111 @@
+"""The client's CKKS keys. The secret key is created here and never serialized into a request."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import tenseal.sealapi as sealapi
+
+from protocol import seal_io, v2
+from protocol.params import CKKSParams, galois_element
+
+from .errors import HEClientError, KeyFileError
+
+KEY_FILE_MAGIC = b"HESK1\n"
+
+
+class SecretContext:
+    """A secret key with its CKKS parameters: encrypts inputs and decrypts results locally.
+
+    Create one with `SecretContext.generate(params)`, keep it with `save(path)` (the file
+    holds the secret key: protect it like a password) and reload it with `load(path)`.
+    """
+
+    def __init__(self, params: CKKSParams, secret_key: sealapi.SecretKey, context: sealapi.SEALContext):
+        self.params = params
+        self._context = context
+        self._secret_key = secret_key
+        self._keygen = sealapi.KeyGenerator(context, secret_key)
+        self._encoder = sealapi.CKKSEncoder(context)
+        self._encryptor = sealapi.Encryptor(context, secret_key)
+        self._decryptor = sealapi.Decryptor(context, secret_key)
+        self.slot_count = self._encoder.slot_count()
+
+    @classmethod
+    def generate(cls, params: CKKSParams) -> SecretContext:
+        context = params.seal_context()
+        return cls(params, sealapi.KeyGenerator(context).secret_key(), context)
+
+    # --- persistence (local only) ---------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the secret key to `path` with owner-only permissions."""
+        header = json.dumps(self.params.to_json()).encode()
+        key = seal_io.dump(self._secret_key)
+        data = KEY_FILE_MAGIC + struct.pack("<I", len(header)) + header + key
+        path = Path(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SecretContext:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc}") from None
+        if not data.startswith(KEY_FILE_MAGIC) or len(data) < len(KEY_FILE_MAGIC) + 4:
+            raise KeyFileError(f"{path} is not a key file written by SecretContext.save")
+        offset = len(KEY_FILE_MAGIC)
+        (length,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        try:
+            params = CKKSParams.from_json(json.loads(data[offset : offset + length]))
+        except ValueError as exc:
+            raise KeyFileError(f"{path}: bad parameters: {exc}") from None
+        context = params.seal_context()
+        try:
+            secret_key = seal_io.load(sealapi.SecretKey, context, data[offset + length :], "secret key")
+        except seal_io.SealDecodeError as exc:
+            raise KeyFileError(f"{path}: {exc}") from None
+        return cls(params, secret_key, context)
+
+    # --- public evaluation material ---------------------------------------------------------
+    def evaluation_key_request(
+        self, rotation_steps: list[int] | tuple[int, ...], relin_keys: bool = False
+    ) -> tuple[bytes, int]:
+        """A V2 binary body registering seeded Galois keys for exactly these steps."""
+        n = self.params.poly_modulus_degree
+        tensors = []
+        if rotation_steps:
+            elements = sorted({galois_element(s, n) for s in rotation_steps})
+            galois = seal_io.dump(self._keygen.create_galois_keys(elements))
+            tensors.append(v2.Tensor("galois_keys", "BYTES", [1], [galois]))
+        if relin_keys:
+            tensors.append(v2.Tensor("relin_keys", "BYTES", [1], [seal_io.dump(self._keygen.create_relin_keys())]))
+        message = v2.Message(tensors, parameters={"ckks": self.params.to_json()})
+        body, header_length = v2.encode(message, "inputs", binary=True)
+        return body, header_length
+
+    # --- encryption ---------------------------------------------------------------------------
+    def encrypt(self, values: np.ndarray, scale: float) -> bytes:
+        """Encrypt up to slot_count real values as one seeded (half-size) ciphertext."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.size > self.slot_count:
+            raise ValueError(f"{values.size} values do not fit {self.slot_count} slots")
+        plain = sealapi.Plaintext()
+        self._encoder.encode(values.tolist(), scale, plain)
+        return seal_io.dump(self._encryptor.encrypt_symmetric(plain))
+
+    def decrypt(self, data: bytes) -> np.ndarray:
+        """Decrypt one ciphertext returned by the server; every slot, as float64."""
+        try:
+            ct = seal_io.load(sealapi.Ciphertext, self._context, data, "result ciphertext")
+        except seal_io.SealDecodeError as exc:
+            raise HEClientError(f"the server returned an unreadable ciphertext: {exc}") from None
+        plain = sealapi.Plaintext()
+        self._decryptor.decrypt(ct, plain)
+        return np.asarray(self._encoder.decode_double(plain))

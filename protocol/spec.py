@@ -1,0 +1,115 @@
+"""What a client needs to encrypt for a model, as published in the model's metadata.
+
+The server builds an EncryptionSpec when it compiles a model and publishes it under
+`parameters.encryption` of the V2 model metadata; the client parses the same
+structure to create matching keys and pack its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .params import CKKSParams, ParameterError, galois_element
+
+SINGLE = "single"
+BATCH = "batch"
+LAYOUTS = (SINGLE, BATCH)
+
+
+class SpecError(ValueError):
+    """Model metadata that does not describe a usable encryption spec."""
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """One input layout a model accepts.
+
+    single: one sample per ciphertext, the feature vector zero-padded to `period`
+        slots and tiled across all slots; outputs come back in slots 0..n_outputs-1.
+    batch: ciphertext j holds feature j of up to `capacity` samples (sample r in slot r);
+        output ciphertext k holds output k of every sample.
+    """
+
+    name: str
+    capacity: int
+    rotation_steps: tuple[int, ...] = ()
+    period: int = 0
+    method: str = ""
+
+    def to_json(self, params: CKKSParams) -> dict:
+        data = {
+            "capacity": self.capacity,
+            "rotation_steps": list(self.rotation_steps),
+            "galois_elements": [galois_element(s, params.poly_modulus_degree) for s in self.rotation_steps],
+            "galois_keys_needed": bool(self.rotation_steps),
+        }
+        if self.period:
+            data["period"] = self.period
+        if self.method:
+            data["method"] = self.method
+        return data
+
+
+@dataclass(frozen=True)
+class EncryptionSpec:
+    ckks: CKKSParams
+    input_scale_bits: int
+    n_features: int
+    n_outputs: int
+    layouts: dict[str, LayoutSpec]
+    relin_keys_needed: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rotation_steps(self) -> tuple[int, ...]:
+        """Every rotation step any layout needs (the Galois keys a client registers)."""
+        steps = set()
+        for layout in self.layouts.values():
+            steps.update(layout.rotation_steps)
+        return tuple(sorted(steps))
+
+    def to_json(self) -> dict:
+        return {
+            "scheme": "CKKS",
+            "ckks": self.ckks.to_json(),
+            "security_level": 128,
+            "input_scale_bits": self.input_scale_bits,
+            "n_features": self.n_features,
+            "n_outputs": self.n_outputs,
+            "relin_keys_needed": self.relin_keys_needed,
+            "rotation_steps": list(self.rotation_steps),
+            "layouts": {name: layout.to_json(self.ckks) for name, layout in self.layouts.items()},
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> EncryptionSpec:
+        try:
+            if not isinstance(data, dict):
+                raise SpecError("encryption spec must be an object")
+            ckks = CKKSParams.from_json(data["ckks"])
+            layouts = {}
+            for name, entry in data["layouts"].items():
+                if name not in LAYOUTS:
+                    continue  # a newer server may offer layouts this SDK does not know
+                layouts[name] = LayoutSpec(
+                    name=name,
+                    capacity=int(entry["capacity"]),
+                    rotation_steps=tuple(int(s) for s in entry.get("rotation_steps", [])),
+                    period=int(entry.get("period", 0)),
+                    method=str(entry.get("method", "")),
+                )
+            if not layouts:
+                raise SpecError("the model offers no layout this SDK understands")
+            return cls(
+                ckks=ckks,
+                input_scale_bits=int(data["input_scale_bits"]),
+                n_features=int(data["n_features"]),
+                n_outputs=int(data["n_outputs"]),
+                layouts=layouts,
+                relin_keys_needed=bool(data.get("relin_keys_needed", False)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, (SpecError, ParameterError)):
+                raise
+            raise SpecError(f"malformed encryption spec: {exc!r}") from None

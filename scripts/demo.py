@@ -1,0 +1,138 @@
+"""The first-run demo: serve the shipped models, predict on encrypted breast-cancer rows, compare.
+
+Starts `python -m server` (gunicorn, embedded on-disk key store) on 127.0.0.1, waits
+until it is ready, encrypts a few rows with the client SDK, gets encrypted
+predictions, decrypts them locally and prints them beside the plaintext model's,
+with the time each step took. Then stops the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from client import Client  # noqa: E402
+from models import artifact  # noqa: E402
+from models.recipes import RECIPES, breast_cancer_split  # noqa: E402
+
+
+def free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port")
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the server exited during start-up")
+        try:
+            with Client(url, timeout=2) as c:
+                c._json("GET", "/v2/health/ready")
+                return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError("the server did not become ready")
+
+
+def ensure_models() -> None:
+    for name, recipe in RECIPES.items():
+        directory = ROOT / "models" / name
+        if not (directory / artifact.MANIFEST).exists():
+            print(f"training {name} ...")
+            recipe(directory)
+
+
+def main() -> int:
+    ensure_models()
+    port = free_port(int(os.environ.get("HESERVE_PORT", "8000")))
+    url = f"http://127.0.0.1:{port}"
+    keys_dir = tempfile.mkdtemp(prefix="heserve-demo-keys-")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", str(port), "--keys-dir", keys_dir],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        t0 = time.perf_counter()
+        wait_ready(url, server)
+        print(f"server ready at {url} (gunicorn, key store {keys_dir}) in {time.perf_counter() - t0:.1f} s\n")
+        _, x_test, _, y_test = breast_cancer_split()
+        rows = x_test[:5]
+        with Client(url) as client:
+            model = client.model("breast-cancer-logreg")
+            secret = model.secret_context
+            t = time.perf_counter()
+            key_id = model.register()
+            t_register = time.perf_counter() - t
+            t = time.perf_counter()
+            request = model.encrypt(rows, "single")[0]
+            t_encrypt = time.perf_counter() - t
+            t = time.perf_counter()
+            results = model.send(request)
+            t_send = time.perf_counter() - t
+            t = time.perf_counter()
+            scores = model.decrypt(request, results)[:, 0]
+            t_decrypt = time.perf_counter() - t
+            plain = client.infer_plaintext("breast-cancer-logreg", rows)[:, 0]
+            names = model._postprocess["class_names"]
+            print(
+                f"CKKS N={secret.params.poly_modulus_degree}, key id {key_id[:8]}..., "
+                f"{request.nbytes // len(request.ciphertexts)} bytes per encrypted row\n"
+            )
+            print(
+                f"{'row':>3}  {'encrypted logit':>16}  {'plaintext logit':>16}  {'|diff|':>8}  "
+                f"{'encrypted':>9}  {'plaintext':>9}  {'truth':>9}"
+            )
+            labels_enc = (scores >= 0).astype(int)
+            labels_plain = (plain >= 0).astype(int)
+            for i in range(len(rows)):
+                print(
+                    f"{i:>3}  {scores[i]:>16.6f}  {plain[i]:>16.6f}  {abs(scores[i] - plain[i]):>8.1e}  "
+                    f"{names[labels_enc[i]]:>9}  {names[labels_plain[i]]:>9}  {names[y_test[i]]:>9}"
+                )
+            print(
+                f"\nregister keys {t_register * 1e3:.1f} ms (once) | encrypt {t_encrypt * 1e3:.1f} ms | "
+                f"send + evaluate + return {t_send * 1e3:.1f} ms | decrypt {t_decrypt * 1e3:.1f} ms "
+                f"for {len(rows)} rows"
+            )
+            t = time.perf_counter()
+            batch = model.predict(x_test, layout="batch")
+            t_batch = time.perf_counter() - t
+            agree = float(np.mean(batch == (client.infer_plaintext("breast-cancer-logreg", x_test)[:, 0] >= 0)))
+            print(
+                f"batch layout: {len(x_test)} test rows in {t_batch * 1e3:.0f} ms, "
+                f"labels agree with plaintext on {agree:.0%}, accuracy {np.mean(batch == y_test):.1%}"
+            )
+            model.delete_key()
+            print("server-side evaluation keys erased.")
+        return 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        print("server stopped.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Start the server under gunicorn.
+
+    python -m server --host 127.0.0.1 --port 8000 --workers 2 --models-dir models --keys-dir /var/lib/heserve/keys
+
+Every flag can also be set as an HESERVE_* environment variable (HESERVE_PORT, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import ENV_PREFIX, ServerConfig
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = ServerConfig.from_env()
+    parser = argparse.ArgumentParser(prog="python -m server", description="Encrypted inference server (gunicorn).")
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="0: one per core")
+    parser.add_argument("--models-dir", type=Path, default=defaults.models_dir)
+    parser.add_argument("--keys-dir", type=Path, default=defaults.keys_dir)
+    parser.add_argument("--key-ttl", type=float, default=defaults.key_ttl_seconds, help="seconds")
+    parser.add_argument("--no-plaintext", action="store_true", help="refuse plaintext inference requests")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = ServerConfig.from_env(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        models_dir=args.models_dir.resolve(),
+        keys_dir=args.keys_dir.resolve(),
+        key_ttl_seconds=args.key_ttl,
+        allow_plaintext=False if args.no_plaintext else None,
+    )
+    env = dict(os.environ)
+    env.update(
+        {
+            ENV_PREFIX + "HOST": config.host,
+            ENV_PREFIX + "PORT": str(config.port),
+            ENV_PREFIX + "WORKERS": str(config.effective_workers()),
+            ENV_PREFIX + "MODELS_DIR": str(config.models_dir),
+            ENV_PREFIX + "KEYS_DIR": str(config.keys_dir),
+            ENV_PREFIX + "KEY_TTL_SECONDS": str(config.key_ttl_seconds),
+            ENV_PREFIX + "ALLOW_PLAINTEXT": "true" if config.allow_plaintext else "false",
+        }
+    )
+    # Fail here, with a readable message, rather than in every worker.
+    from .models import load_registry
+
+    load_registry(config.models_dir)
+    conf = Path(__file__).with_name("gunicorn_conf.py")
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+    command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "server.app:create_app()"]
+    os.execvpe(command[0], command, env)
+
+
+if __name__ == "__main__":
+    main()

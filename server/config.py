@@ -1,0 +1,64 @@
+"""Server configuration: defaults, overridden by HESERVE_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "HESERVE_"
+
+
+def _default_keys_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "heserve" / "keys"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 0  # 0: one per core
+    models_dir: Path = REPO_ROOT / "models"
+    keys_dir: Path = field(default_factory=_default_keys_dir)
+    key_ttl_seconds: float = 3600.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    key_cache_bytes: int = 256 * 1024 * 1024
+    allow_plaintext: bool = True
+    max_single_rows: int = 256
+    timeout_seconds: int = 60
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> ServerConfig:
+        environ = dict(os.environ if environ is None else environ)
+        config = cls()
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                setattr(config, f.name, _coerce(f.name, getattr(config, f.name), raw))
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(config, name, value)
+        config.models_dir = Path(config.models_dir)
+        config.keys_dir = Path(config.keys_dir)
+        return config
+
+    def effective_workers(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+
+def _coerce(name: str, current: object, raw: str) -> object:
+    if isinstance(current, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be true or false, got {raw!r}")
+    if isinstance(current, Path):
+        return Path(raw)
+    try:
+        return type(current)(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type(current).__name__}") from None

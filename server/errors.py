@@ -1,0 +1,60 @@
+"""The server's error types and the one place that maps them to HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error answered with `status` and an Open Inference Protocol body {"error": message}."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(APIError):
+    status = 400
+
+
+class NotFound(APIError):
+    status = 404
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+
+
+class Forbidden(APIError):
+    status = 403
+
+
+def _body(message: str, status: int):
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(APIError)
+    def api_error(exc: APIError):
+        return _body(exc.message, exc.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _body(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        # Never echo internals; the log line names the type only (no payloads).
+        log.error("unhandled %s", type(exc).__name__, exc_info=app.debug)
+        return _body("internal server error", 500)

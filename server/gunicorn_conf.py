@@ -1,0 +1,27 @@
+"""gunicorn settings for the encrypted inference server.
+
+One synchronous worker process per core: SEAL's evaluator is CPU bound and holds the
+GIL through its Python binding, so threads inside a worker would only queue.
+Values come from HESERVE_* environment variables set by `python -m server`.
+"""
+
+import os
+
+bind = f"{os.environ.get('HESERVE_HOST', '127.0.0.1')}:{os.environ.get('HESERVE_PORT', '8000')}"
+workers = int(os.environ.get("HESERVE_WORKERS", "0")) or (os.cpu_count() or 1)
+worker_class = "sync"
+timeout = int(os.environ.get("HESERVE_TIMEOUT_SECONDS", "60"))
+graceful_timeout = 20
+keepalive = 5
+# Recycle workers now and then so a slow leak in native code cannot grow without bound.
+max_requests = 20000
+max_requests_jitter = 2000
+limit_request_line = 4094
+limit_request_fields = 50
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("HESERVE_LOG_LEVEL", "info")
+# Request line, status, size and duration only: no bodies, no query strings.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+proc_name = "heserve"
+control_socket_disable = True  # several instances may share a machine

@@ -1,0 +1,197 @@
+"""Registered evaluation keys: public key material with a time to live, erasable on request.
+
+The embedded backend keeps one directory per server. A key is two files written
+atomically (temporary file, fsync, rename): `<id>.keys` holds the serialized public
+evaluation keys, `<id>.json` its metadata. The metadata file is written last and
+removed first, so its presence is what makes a key exist; every gunicorn worker sees
+an erasure at its next request because each use checks the metadata file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class KeyRecord:
+    key_id: str
+    params: dict
+    created_at: float
+    expires_at: float
+    galois_elements: list[int]
+    has_relin_keys: bool
+    size_bytes: int
+    owner: str = ""
+
+    def public_view(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "status": "active",
+            "ckks": self.params,
+            "created_at": _iso(self.created_at),
+            "expires_at": _iso(self.expires_at),
+            "expires_in_seconds": max(0, round(self.expires_at - time.time())),
+            "galois_elements": self.galois_elements,
+            "relin_keys": self.has_relin_keys,
+            "size_bytes": self.size_bytes,
+        }
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class DiskKeyStore:
+    """Key material on the local disk, shared by the workers of one server."""
+
+    def __init__(self, directory: Path, ttl_seconds: float, clock: Callable[[], float] = time.time):
+        self.directory = directory
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+    def _paths(self, key_id: str) -> tuple[Path, Path]:
+        return self.directory / f"{key_id}.json", self.directory / f"{key_id}.keys"
+
+    def put(
+        self, material: bytes, params: dict, galois_elements: list[int], has_relin_keys: bool, owner: str = ""
+    ) -> KeyRecord:
+        key_id = secrets.token_hex(16)
+        now = self.clock()
+        record = KeyRecord(
+            key_id, params, now, now + self.ttl_seconds, sorted(galois_elements), has_relin_keys, len(material), owner
+        )
+        meta_path, data_path = self._paths(key_id)
+        _atomic_write(data_path, material)
+        _atomic_write(meta_path, json.dumps(asdict(record)).encode())
+        return record
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        """The live record, or None if unknown, erased or expired (expired keys are erased here)."""
+        if not KEY_ID_PATTERN.match(key_id):
+            return None
+        meta_path, _ = self._paths(key_id)
+        try:
+            record = KeyRecord(**json.loads(meta_path.read_bytes()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+        if record.expires_at <= self.clock():
+            self.delete(key_id)
+            return None
+        return record
+
+    def material(self, key_id: str) -> bytes | None:
+        _, data_path = self._paths(key_id)
+        try:
+            return data_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, key_id: str) -> bool:
+        if not KEY_ID_PATTERN.match(key_id):
+            return False
+        meta_path, data_path = self._paths(key_id)
+        existed = True
+        try:
+            meta_path.unlink()
+        except FileNotFoundError:
+            existed = False
+        try:
+            data_path.unlink()
+        except FileNotFoundError:
+            pass
+        return existed
+
+    def sweep(self) -> int:
+        """Erase every expired key and any orphaned or half-written file; returns keys erased."""
+        erased = 0
+        now = self.clock()
+        for meta_path in self.directory.glob("*.json"):
+            key_id = meta_path.stem
+            try:
+                expires_at = json.loads(meta_path.read_bytes())["expires_at"]
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                continue
+            if expires_at <= now and self.delete(key_id):
+                erased += 1
+        for data_path in self.directory.glob("*.keys"):
+            if not (self.directory / f"{data_path.stem}.json").exists():
+                # A data file without metadata older than a minute is a crashed write or erasure.
+                try:
+                    if data_path.stat().st_mtime < now - 60:
+                        data_path.unlink()
+                except FileNotFoundError:
+                    pass
+        for tmp in self.directory.glob(".tmp-*"):
+            try:
+                if tmp.stat().st_mtime < now - 60:
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
+        return erased
+
+    def count(self) -> int:
+        return sum(1 for _ in self.directory.glob("*.json"))
+
+
+class KeyCache:
+    """A worker's LRU cache of deserialized keys, bounded by (approximate) bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key_id: str) -> Any | None:
+        entry = self._entries.get(key_id)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key_id)
+        return entry[0]
+
+    def put(self, key_id: str, value: Any, size: int) -> None:
+        self.discard(key_id)
+        if size > self.max_bytes:
+            return
+        self._entries[key_id] = (value, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._bytes -= evicted
+
+    def discard(self, key_id: str) -> None:
+        entry = self._entries.pop(key_id, None)
+        if entry is not None:
+            self._bytes -= entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)

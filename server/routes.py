@@ -1,0 +1,123 @@
+"""HTTP routes of the Open Inference Protocol (V2) and its key-registry extension. Routes stay thin."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from protocol import v2
+
+from . import __version__
+from .errors import BadRequest, NotFound
+from .inference import infer
+from .services import Services
+
+bp = Blueprint("v2", __name__)
+
+EXTENSIONS = ["binary_tensor_data", "ckks_encrypted_inference", "evaluation_key_registry"]
+
+
+def services() -> Services:
+    return current_app.extensions["heserve"]
+
+
+def header_length() -> int | None:
+    raw = request.headers.get(v2.HEADER_LENGTH)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{v2.HEADER_LENGTH} must be an integer, got {raw[:40]!r}") from None
+    if value < 0:
+        raise BadRequest(f"{v2.HEADER_LENGTH} must not be negative")
+    return value
+
+
+def model_or_404(name: str, version: str | None = None):
+    model = services().registry.get(name)
+    if model is None or (version is not None and version != model.version):
+        raise NotFound(f"model {name!r}" + (f" version {version!r}" if version else "") + " is not served here")
+    return model
+
+
+def owner() -> str:
+    return ""
+
+
+@bp.get("/v2/health/live")
+def live():
+    return jsonify({"live": True})
+
+
+@bp.get("/v2/health/ready")
+def ready():
+    return jsonify({"ready": bool(services().registry.models)})
+
+
+@bp.get("/v2")
+def server_metadata():
+    return jsonify({"name": "heserve", "version": __version__, "extensions": EXTENSIONS})
+
+
+@bp.get("/v2/models")
+def model_index():
+    registry = services().registry
+    return jsonify(
+        {
+            "models": [
+                {"name": m.name, "versions": [m.version], "platform": "ckks-linear", "state": "READY"}
+                for m in (registry.get(n) for n in registry.names())
+            ]
+        }
+    )
+
+
+@bp.get("/v2/models/<name>")
+@bp.get("/v2/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None):
+    return jsonify(model_or_404(name, version).metadata())
+
+
+@bp.get("/v2/models/<name>/ready")
+@bp.get("/v2/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    model = model_or_404(name, version)
+    return jsonify({"name": model.name, "ready": True})
+
+
+@bp.post("/v2/models/<name>/infer")
+@bp.post("/v2/models/<name>/versions/<version>/infer")
+def model_infer(name: str, version: str | None = None):
+    model = model_or_404(name, version)
+    svc = services()
+    body, length = infer(
+        model,
+        svc.keys,
+        request.get_data(cache=False),
+        header_length(),
+        svc.config.allow_plaintext,
+        svc.config.max_single_rows,
+        owner(),
+    )
+    if length is None:
+        return Response(body, mimetype=v2.JSON_CONTENT_TYPE)
+    response = Response(body, mimetype=v2.BINARY_CONTENT_TYPE)
+    response.headers[v2.HEADER_LENGTH] = str(length)
+    return response
+
+
+@bp.post("/v2/keys")
+def register_keys():
+    record = services().keys.register(request.get_data(cache=False), header_length(), owner())
+    return jsonify(record.public_view()), 201
+
+
+@bp.get("/v2/keys/<key_id>")
+def key_status(key_id: str):
+    return jsonify(services().keys.record(key_id, owner()).public_view())
+
+
+@bp.delete("/v2/keys/<key_id>")
+def erase_key(key_id: str):
+    services().keys.erase(key_id, owner())
+    return jsonify({"key_id": key_id, "status": "erased"})
