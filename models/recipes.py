@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_linnerud
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -117,9 +117,36 @@ def build_diabetes_linreg(directory: Path) -> dict:
     return {"name": manifest["name"], "test_r2": r2}
 
 
+def linnerud_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    data = load_linnerud()
+    return train_test_split(data.data, data.target, test_size=TEST_SIZE, random_state=RANDOM_STATE)
+
+
+def build_linnerud_linreg(directory: Path) -> dict:
+    """A multi-output regression (3 exercises -> 3 physiological measures): the several-outputs path."""
+    x_train, x_test, y_train, y_test = linnerud_split()
+    scaler = StandardScaler().fit(x_train)
+    model = LinearRegression().fit(scaler.transform(x_train), y_train)
+    predictions = model.predict(scaler.transform(x_train))
+    data = load_linnerud()
+    manifest = linear_manifest(
+        "linnerud-linreg",
+        "Multi-output linear regression: weight, waist and pulse from chins, situps and jumps (Linnerud).",
+        list(data.feature_names),
+        scaler,
+        "regression",
+        {"type": "identity", "output_names": list(data.target_names)},
+        output_bound=float(4 * np.max(np.abs(predictions))),
+        training={"dataset": "sklearn.datasets.load_linnerud", "test_size": TEST_SIZE, "random_state": RANDOM_STATE},
+    )
+    artifact.save(directory, manifest, {"W": model.coef_.astype(np.float64), "b": model.intercept_.astype(np.float64)})
+    return {"name": manifest["name"], "outputs": int(model.coef_.shape[0])}
+
+
 RECIPES = {
     "breast-cancer-logreg": build_breast_cancer_logreg,
     "diabetes-linreg": build_diabetes_linreg,
+    "linnerud-linreg": build_linnerud_linreg,
 }
 
 

@@ -11,9 +11,9 @@ Layouts:
   multiply by the tiled weights and rotate-and-sum over log2(d) steps. Each window
   of d consecutive slots then covers every feature once, so *every* slot holds the
   full inner product: no slot carries a partial sum that would reveal a weight.
-- single, several outputs: diagonal method with baby-step giant-step
-  (about 2*sqrt(d) rotations). Diagonals are zero outside slots 0..k-1, so every
-  other slot of the result is zero: nothing but the outputs is readable.
+- single, several outputs: diagonal method, rotating the plaintext products (one
+  rotation per non-zero diagonal). Diagonals are zero outside the output slots, so
+  every other slot of the result is zero: nothing but the outputs is readable.
 - batch: ciphertext j holds feature j of up to N/2 rows; output k is a sum of
   scalar multiplies, no rotation and no Galois key.
 """
@@ -21,7 +21,6 @@ Layouts:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import tenseal.sealapi as sealapi
@@ -77,13 +76,6 @@ def choose_scales(output_bound: float, weight_max: float) -> tuple[int, int]:
     return x_bits, w_bits
 
 
-@dataclass
-class _Diagonal:
-    giant: int
-    baby: int
-    plain: sealapi.Plaintext
-
-
 class LinearPlan:
     """A compiled linear model y = W x + b for both layouts."""
 
@@ -110,7 +102,7 @@ class LinearPlan:
             self.single_steps = tuple(1 << i for i in range(int(math.log2(self.period))))
             self._compile_rotate_and_sum()
         else:
-            self.single_method = "diagonal-bsgs"
+            self.single_method = "diagonal"
             self._compile_diagonals()
         self._compile_batch()
 
@@ -123,28 +115,23 @@ class LinearPlan:
         self._single_bias = self.runtime.encode(np.full(slots, self.bias[0]), self.output_scale)
 
     def _compile_diagonals(self) -> None:
+        # y = sum_o rot(Q_o * x, o) with Q_o = diagonal o shifted right by o. The rotations act
+        # on the products (scale 2^(x+w)), where key-switching noise is negligible; rotating
+        # the fresh input (baby-step giant-step) would add that noise at the input's scale,
+        # which with a single 60-bit data prime and a 49-bit special prime costs ~1e-1.
         slots, d = self.runtime.slots, self.period
         padded = np.zeros((d, d))
         padded[: self.n_outputs, : self.n_features] = self.weights
-        baby_count = 1 << math.ceil(math.log2(d) / 2)
-        giant_count = d // baby_count
         rows = np.arange(self.n_outputs)
-        diagonals = []
-        for giant in range(giant_count):
-            for baby in range(baby_count):
-                i = giant * baby_count + baby
-                diag = np.zeros(slots)
-                diag[: self.n_outputs] = padded[rows, (rows + i) % d]
-                if not np.any(diag):
-                    continue  # a zero plaintext would make SEAL's result transparent
-                shifted = np.roll(diag, giant * baby_count)
-                diagonals.append(_Diagonal(giant, baby, self.runtime.encode(shifted, self.weight_scale)))
-        self._diagonals = diagonals
-        used_babies = sorted({dg.baby for dg in diagonals if dg.baby})
-        used_giants = sorted({dg.giant * baby_count for dg in diagonals if dg.giant})
-        self._baby_steps = used_babies
-        self._baby_count = baby_count
-        self.single_steps = tuple(sorted(set(used_babies) | set(used_giants)))
+        terms = []
+        for offset in range(d):
+            diag = np.zeros(slots)
+            diag[: self.n_outputs] = padded[rows, (rows + offset) % d]
+            if not np.any(diag):
+                continue  # a zero plaintext would make SEAL's result transparent
+            terms.append((offset, self.runtime.encode(np.roll(diag, offset), self.weight_scale)))
+        self._diagonal_terms = terms
+        self.single_steps = tuple(offset for offset, _ in terms if offset)
         bias = np.zeros(slots)
         bias[: self.n_outputs] = self.bias
         self._single_bias = self.runtime.encode(bias, self.output_scale)
@@ -205,32 +192,18 @@ class LinearPlan:
                 ev.rotate_vector(acc, step, galois_keys, rotated)
                 ev.add_inplace(acc, rotated)
         else:
-            babies = {0: ct}
-            for step in self._baby_steps:
-                rotated = sealapi.Ciphertext()
-                ev.rotate_vector(ct, step, galois_keys, rotated)
-                babies[step] = rotated
             acc = None
-            by_giant: dict[int, list[_Diagonal]] = {}
-            for dg in self._diagonals:
-                by_giant.setdefault(dg.giant, []).append(dg)
-            for giant, diags in by_giant.items():
-                inner = None
-                for dg in diags:
-                    term = sealapi.Ciphertext()
-                    ev.multiply_plain(babies[dg.baby], dg.plain, term)
-                    if inner is None:
-                        inner = term
-                    else:
-                        ev.add_inplace(inner, term)
-                if giant:
+            for offset, plain in self._diagonal_terms:
+                term = sealapi.Ciphertext()
+                ev.multiply_plain(ct, plain, term)
+                if offset:
                     rotated = sealapi.Ciphertext()
-                    ev.rotate_vector(inner, giant * self._baby_count, galois_keys, rotated)
-                    inner = rotated
+                    ev.rotate_vector(term, offset, galois_keys, rotated)
+                    term = rotated
                 if acc is None:
-                    acc = inner
+                    acc = term
                 else:
-                    ev.add_inplace(acc, inner)
+                    ev.add_inplace(acc, term)
         ev.add_plain_inplace(acc, self._single_bias)
         return acc
 

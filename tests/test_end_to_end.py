@@ -1,0 +1,88 @@
+"""Encrypted predictions through a real gunicorn server equal the plaintext model's on every test row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import artifact
+from models.recipes import breast_cancer_split, diabetes_split, linnerud_split
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plaintext_scores(name: str, x: np.ndarray) -> np.ndarray:
+    art = artifact.load(ROOT / "models" / name)
+    pre = art.manifest["preprocess"]
+    z = (x - np.asarray(pre["mean"])) / np.asarray(pre["scale"])
+    return z @ art.arrays["W"].T + art.arrays["b"]
+
+
+CASES = {
+    "breast-cancer-logreg": breast_cancer_split,
+    "diabetes-linreg": diabetes_split,
+    "linnerud-linreg": linnerud_split,
+}
+
+
+@pytest.mark.parametrize("layout", ["single", "batch"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_encrypted_equals_plaintext_on_every_test_row(client, name, layout):
+    _, x_test, _, _ = CASES[name]()
+    expected = plaintext_scores(name, x_test)
+    model = client.model(name)
+    scores = model.raw_scores(x_test, layout=layout)
+    assert scores.shape == expected.shape
+    assert np.max(np.abs(scores - expected)) < 1e-3
+    if name == "breast-cancer-logreg":
+        labels = model.predict(x_test, layout=layout)
+        assert np.array_equal(labels, (expected[:, 0] >= 0).astype(int))
+        proba = model.predict_proba(x_test[:7], layout=layout)
+        assert proba.shape == (7, 2) and np.allclose(proba.sum(axis=1), 1.0)
+
+
+def test_sklearn_surface_shapes(client):
+    _, x_test, _, y_test = breast_cancer_split()
+    model = client.model("breast-cancer-logreg")
+    one = model.decision_function(x_test[0])
+    assert one.shape == (1,)
+    many = model.decision_function(x_test[:40])  # chooses the batch layout
+    assert many.shape == (40,)
+    assert np.array_equal(model.predict(x_test[:3]), model.predict(x_test[:3], layout="single"))
+    assert list(model.classes_) == [0, 1]
+    regression = client.model("linnerud-linreg")
+    _, x_lin, _, _ = linnerud_split()
+    assert regression.predict(x_lin).shape == (len(x_lin), 3)
+
+
+def test_layout_choice_follows_row_count(client):
+    model = client.model("breast-cancer-logreg")
+    assert model.choose_layout(1) == "single"
+    assert model.choose_layout(1000) == "batch"
+
+
+def test_more_rows_than_one_ciphertext_holds(client):
+    rng = np.random.default_rng(1)
+    _, x_test, _, _ = diabetes_split()
+    x = x_test[rng.integers(0, len(x_test), size=4096 + 100)]  # three chunks at 2048 slots
+    scores = client.model("diabetes-linreg").raw_scores(x, layout="batch")
+    assert np.max(np.abs(scores - plaintext_scores("diabetes-linreg", x))) < 1e-3
+
+
+def test_plaintext_v2_request_matches_model(client):
+    _, x_test, _, _ = breast_cancer_split()
+    scores = client.infer_plaintext("breast-cancer-logreg", x_test[:10])
+    assert np.allclose(scores, plaintext_scores("breast-cancer-logreg", x_test[:10]), atol=1e-4)
+
+
+def test_keys_registered_once_per_model(client, server):
+    _, x_test, _, _ = breast_cancer_split()
+    model = client.model("breast-cancer-logreg")
+    model.predict(x_test[:2])
+    first = model.key_id
+    model.predict(x_test[2:4])
+    assert model.key_id == first
+    status = client.key_status(first)
+    assert status["status"] == "active" and status["expires_in_seconds"] > 0
