@@ -53,9 +53,20 @@ def start_server(tmp: Path, workers: int = 2, models_dir: Path | None = None, **
     log_path = tmp / "server.log"
     environ = dict(os.environ)
     environ.update({f"HESERVE_{k.upper()}": str(v) for k, v in env.items()})
-    command = [sys.executable, "-m", "server", "--port", str(port), "--workers", str(workers),
-               "--keys-dir", str(keys_dir), "--models-dir", str(models_dir or ROOT / "models")]
-    log = open(log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--keys-dir",
+        str(keys_dir),
+        "--models-dir",
+        str(models_dir or ROOT / "models"),
+    ]
+    log = open(log_path, "wb")
     process = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(f"http://127.0.0.1:{port}", keys_dir, log_path, process, env)
     deadline = time.monotonic() + 60

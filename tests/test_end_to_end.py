@@ -44,7 +44,7 @@ def test_encrypted_equals_plaintext_on_every_test_row(client, name, layout):
 
 
 def test_sklearn_surface_shapes(client):
-    _, x_test, _, y_test = breast_cancer_split()
+    _, x_test, _, _y_test = breast_cancer_split()
     model = client.model("breast-cancer-logreg")
     one = model.decision_function(x_test[0])
     assert one.shape == (1,)

@@ -1,0 +1,62 @@
+"""Building raw protocol requests for tests that go around the SDK."""
+
+from __future__ import annotations
+
+import numpy as np
+import requests
+
+from client import encoding
+from client.keys import SecretContext
+from protocol import v2
+from protocol.params import CKKSParams
+from protocol.spec import EncryptionSpec
+
+
+def model_spec(url: str, name: str) -> EncryptionSpec:
+    metadata = requests.get(f"{url}/v2/models/{name}", timeout=10).json()
+    return EncryptionSpec.from_json(metadata["parameters"]["encryption"])
+
+
+def post_binary(url: str, path: str, message: v2.Message, tensor_key: str = "inputs", **kwargs) -> requests.Response:
+    body, header_length = v2.encode(message, tensor_key, binary=True)
+    return requests.post(
+        url + path,
+        data=body,
+        timeout=60,
+        headers={v2.HEADER_LENGTH: str(header_length), "Content-Type": v2.BINARY_CONTENT_TYPE},
+        **kwargs,
+    )
+
+
+def register(url: str, secret: SecretContext, steps, params: CKKSParams | None = None) -> requests.Response:
+    body, header_length = secret.evaluation_key_request(list(steps))
+    if params is not None:  # rewrite the declared parameters, keep the key bytes
+        message = v2.decode(body, header_length, "inputs")
+        message.parameters = {"ckks": params.to_json()}
+        body, header_length = v2.encode(message, "inputs", binary=True)
+    return requests.post(
+        url + "/v2/keys",
+        data=body,
+        timeout=60,
+        headers={v2.HEADER_LENGTH: str(header_length), "Content-Type": v2.BINARY_CONTENT_TYPE},
+    )
+
+
+def encrypt_single(
+    secret: SecretContext, spec: EncryptionSpec, row: np.ndarray, scale_bits: int | None = None
+) -> bytes:
+    packed = encoding.pack_single(np.asarray(row, dtype=float), spec.layouts["single"], secret.slot_count)
+    return secret.encrypt(packed, 2.0 ** (scale_bits or spec.input_scale_bits))
+
+
+def infer_message(ciphertexts: list[bytes], key_id: str, layout: str = "single", shape=None, rows=None) -> v2.Message:
+    shape = shape if shape is not None else [len(ciphertexts)]
+    return v2.Message(
+        [v2.Tensor("ciphertext", "BYTES", shape, ciphertexts)],
+        parameters={"key_id": key_id, "layout": layout, "rows": rows or len(ciphertexts)},
+    )
+
+
+def decode_outputs(response: requests.Response) -> v2.Message:
+    raw = response.headers.get(v2.HEADER_LENGTH)
+    return v2.decode(response.content, int(raw) if raw else None, "outputs")

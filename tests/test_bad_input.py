@@ -1,0 +1,231 @@
+"""Every bad input gets a 4xx with a JSON error body; workers survive; nothing is stored."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import requests
+
+from client.keys import SecretContext
+from protocol import v2
+from protocol.params import CKKSParams
+
+from .helpers import encrypt_single, infer_message, model_spec, post_binary, register
+
+MODEL = "breast-cancer-logreg"
+
+
+@pytest.fixture(scope="module")
+def keyed(server):
+    """A registered key and the matching secret context."""
+    spec = model_spec(server.url, MODEL)
+    secret = SecretContext.generate(spec.ckks)
+    response = register(server.url, secret, spec.rotation_steps)
+    assert response.status_code == 201, response.text
+    return spec, secret, response.json()["key_id"]
+
+
+def assert_error(response: requests.Response, status: int, fragment: str = "") -> None:
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert response.headers["Content-Type"].startswith("application/json")
+    message = response.json()["error"]
+    assert isinstance(message, str) and message
+    assert fragment.lower() in message.lower(), message
+
+
+def key_files(server) -> set[str]:
+    return set(os.listdir(server.keys_dir))
+
+
+def test_truncated_random_and_empty_ciphertexts(server, keyed):
+    spec, secret, key_id = keyed
+    good = encrypt_single(secret, spec, np.zeros(spec.n_features))
+    rng = np.random.default_rng(0)
+    for blob, fragment in [
+        (good[: len(good) // 2], "not valid"),
+        (good[:10], "not valid"),
+        (rng.bytes(len(good)), "not valid"),
+        (b"", "empty"),
+    ]:
+        response = post_binary(server.url, f"/v2/models/{MODEL}/infer", infer_message([blob], key_id))
+        assert_error(response, 400, fragment)
+
+
+def test_ciphertext_of_other_parameters(server, keyed):
+    _spec, _, key_id = keyed
+    other = SecretContext.generate(CKKSParams(8192, (60, 40, 60)))
+    blob = other.encrypt(np.zeros(4), 2.0**30)
+    response = post_binary(server.url, f"/v2/models/{MODEL}/infer", infer_message([blob], key_id))
+    assert_error(response, 400, "not valid")
+
+
+def test_ciphertext_with_wrong_scale(server, keyed):
+    spec, secret, key_id = keyed
+    blob = encrypt_single(secret, spec, np.zeros(spec.n_features), scale_bits=spec.input_scale_bits - 3)
+    response = post_binary(server.url, f"/v2/models/{MODEL}/infer", infer_message([blob], key_id))
+    assert_error(response, 400, "scale")
+
+
+def test_wrong_shapes_and_counts(server, keyed):
+    spec, secret, key_id = keyed
+    blob = encrypt_single(secret, spec, np.zeros(spec.n_features))
+    url = f"/v2/models/{MODEL}/infer"
+    # batch layout with the wrong number of ciphertexts per chunk
+    response = post_binary(server.url, url, infer_message([blob] * 3, key_id, "batch", shape=[1, 3], rows=5))
+    assert_error(response, 400, "batch layout")
+    # single layout with a 2-D shape
+    response = post_binary(server.url, url, infer_message([blob, blob], key_id, "single", shape=[1, 2]))
+    assert_error(response, 400, "single layout")
+    # unknown layout, missing rows, key id of the wrong type
+    assert_error(post_binary(server.url, url, infer_message([blob], key_id, "diagonal")), 400, "layout")
+    message = infer_message([blob], key_id, "batch", shape=[1, 1])
+    message.parameters.pop("rows")
+    assert_error(post_binary(server.url, url, message), 400, "rows")
+    message = infer_message([blob], key_id)
+    message.parameters["key_id"] = 7
+    assert_error(post_binary(server.url, url, message), 400, "key_id")
+    # two tensors
+    message = infer_message([blob], key_id)
+    message.tensors.append(message.tensors[0])
+    assert_error(post_binary(server.url, url, message), 400, "one BYTES tensor")
+
+
+def test_malformed_bodies_and_headers(server):
+    url = f"{server.url}/v2/models/{MODEL}/infer"
+    for body, headers, fragment in [
+        (b"{not json", {}, "malformed"),
+        (b"[1, 2]", {}, "object"),
+        (b"{}", {}, "inputs"),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": [1, 2]}]}', {}, "elements"),
+        (b'{"inputs": [{"name": "input", "datatype": "FP99", "shape": [1], "data": [1]}]}', {}, "datatype"),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1], "data": [1]}]}', {}, "shape"),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 30], "data": ["a"]}]}', {}, ""),
+        (b'{"inputs": []}', {v2.HEADER_LENGTH: "14"}, "inputs"),
+        (b'{"inputs": []}', {v2.HEADER_LENGTH: "999"}, "body has only"),
+        (b'{"inputs": []}', {v2.HEADER_LENGTH: "abc"}, "integer"),
+        (b'{"inputs": []}', {v2.HEADER_LENGTH: "-4"}, "negative"),
+    ]:
+        response = requests.post(url, data=body, headers=headers, timeout=10)
+        assert_error(response, 400, fragment)
+
+
+def test_binary_tensor_declared_longer_than_body(server, keyed):
+    _, _, key_id = keyed
+    header = json.dumps(
+        {
+            "parameters": {"key_id": key_id},
+            "inputs": [
+                {"name": "ciphertext", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 1000}}
+            ],
+        }
+    ).encode()
+    response = requests.post(
+        f"{server.url}/v2/models/{MODEL}/infer",
+        data=header + b"\x05\x00\x00\x00abc",
+        headers={v2.HEADER_LENGTH: str(len(header))},
+        timeout=10,
+    )
+    assert_error(response, 400, "truncated")
+
+
+def test_plaintext_shape_and_values(server):
+    url = f"{server.url}/v2/models/{MODEL}/infer"
+    for data, shape, fragment in [
+        ([0.0] * 29, [1, 29], "shape"),
+        ([0.0] * 30, [30], ""),  # a single row as a 1-D tensor is accepted
+    ]:
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": data}]}
+        response = requests.post(url, json=body, timeout=10)
+        if fragment:
+            assert_error(response, 400, fragment)
+        else:
+            assert response.status_code == 200
+    body = {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+    assert_error(requests.post(url, json=body, timeout=10), 400, "FP32")
+
+
+def test_unknown_model_key_and_route(server, keyed):
+    spec, secret, _ = keyed
+    assert_error(requests.get(f"{server.url}/v2/models/nope", timeout=10), 404, "nope")
+    assert_error(requests.get(f"{server.url}/v2/models/{MODEL}/versions/9", timeout=10), 404, "version")
+    assert_error(requests.post(f"{server.url}/v2/models/nope/infer", json={}, timeout=10), 404)
+    assert_error(requests.get(f"{server.url}/v2/nothing-here", timeout=10), 404)
+    assert_error(requests.get(f"{server.url}/v2/keys/{'0' * 32}", timeout=10), 404, "unknown")
+    assert_error(requests.get(f"{server.url}/v2/keys/../../etc/passwd", timeout=10), 404)
+    assert_error(requests.delete(f"{server.url}/v2/keys/{'ab' * 16}", timeout=10), 404)
+    blob = encrypt_single(secret, spec, np.zeros(spec.n_features))
+    response = post_binary(server.url, f"/v2/models/{MODEL}/infer", infer_message([blob], "f" * 32))
+    assert_error(response, 404, "register")
+    assert_error(requests.put(f"{server.url}/v2/models/{MODEL}/infer", timeout=10), 405)
+
+
+def test_body_over_limit_is_refused_before_reading(server):
+    limit = 64 * 1024 * 1024
+    response = requests.post(
+        f"{server.url}/v2/keys", data=b"\0" * (limit + 1), timeout=60, headers={v2.HEADER_LENGTH: "2"}
+    )
+    assert_error(response, 413)
+
+
+def test_registration_refusals_store_nothing(server):
+    spec = model_spec(server.url, MODEL)
+    secret = SecretContext.generate(spec.ckks)
+    before = key_files(server)
+    # parameters weaker than 128-bit security
+    assert_error(register(server.url, secret, [1], CKKSParams(4096, (60, 60))), 400, "128-bit")
+    assert_error(register(server.url, secret, [1], CKKSParams(2048, (30, 30))), 400, "128-bit")
+    # secure, but no model here uses them
+    assert_error(register(server.url, secret, [1], CKKSParams(8192, (60, 40, 60))), 400, "no model")
+    # key bytes that are not Galois keys
+    message = v2.Message(
+        [v2.Tensor("galois_keys", "BYTES", [1], [os.urandom(5000)])], parameters={"ckks": spec.ckks.to_json()}
+    )
+    assert_error(post_binary(server.url, "/v2/keys", message), 400, "galois_keys")
+    # unknown parts, duplicated parts, no parts, not binary
+    message = v2.Message([v2.Tensor("public_context", "BYTES", [1], [b"x"])], parameters={"ckks": spec.ckks.to_json()})
+    assert_error(post_binary(server.url, "/v2/keys", message), 400, "unknown key parts")
+    assert_error(requests.post(f"{server.url}/v2/keys", json={"ckks": {}}, timeout=10), 400, "binary")
+    assert key_files(server) == before
+
+
+def test_secret_key_is_refused(server):
+    spec = model_spec(server.url, MODEL)
+    secret = SecretContext.generate(spec.ckks)
+    from protocol import seal_io
+
+    message = v2.Message(
+        [v2.Tensor("secret_key", "BYTES", [1], [seal_io.dump(secret._secret_key)])],
+        parameters={"ckks": spec.ckks.to_json()},
+    )
+    before = key_files(server)
+    assert_error(post_binary(server.url, "/v2/keys", message), 400, "secret key")
+    # A secret key disguised as a Galois key does not load as one either.
+    message.tensors[0].name = "galois_keys"
+    assert_error(post_binary(server.url, "/v2/keys", message), 400, "not valid")
+    assert key_files(server) == before
+
+
+def test_key_without_the_needed_galois_keys(server):
+    spec = model_spec(server.url, MODEL)
+    secret = SecretContext.generate(spec.ckks)
+    response = register(server.url, secret, [1])
+    assert response.status_code == 201
+    blob = encrypt_single(secret, spec, np.zeros(spec.n_features))
+    response = post_binary(server.url, f"/v2/models/{MODEL}/infer", infer_message([blob], response.json()["key_id"]))
+    assert_error(response, 400, "galois")
+
+
+def test_workers_survive_everything(server, keyed):
+    """Runs last in this module: the same workers still answer correct encrypted requests."""
+    spec, secret, key_id = keyed
+    pids = server.worker_pids()
+    assert len(pids) == 2
+    blob = encrypt_single(secret, spec, np.zeros(spec.n_features))
+    for _ in range(6):
+        response = post_binary(server.url, f"/v2/models/{MODEL}/infer", infer_message([blob], key_id))
+        assert response.status_code == 200
+    assert server.worker_pids() == pids
+    assert "Traceback" not in server.log() and " 500 " not in server.log()

@@ -1,0 +1,99 @@
+"""Plain functions: parameters, wire codec, key store, engine scale choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocol import v2
+from protocol.params import MAX_COEFF_BITS_128, CKKSParams, ParameterError, galois_element
+from server.engine import LINEAR_PARAMS, choose_scales
+from server.keystore import DiskKeyStore, KeyCache
+
+
+def test_security_table_is_enforced():
+    for n, cap in MAX_COEFF_BITS_128.items():
+        if n < 2048:
+            continue
+        count = -(-cap // 50)
+        bits = [cap // count + (1 if i < cap % count else 0) for i in range(count)]
+        CKKSParams(n, tuple(bits)).validate()
+        bits[0] += 1
+        with pytest.raises(ParameterError, match="128-bit"):
+            CKKSParams(n, tuple(bits)).validate()
+    with pytest.raises(ParameterError):
+        CKKSParams(3000, (30, 30)).validate()
+    with pytest.raises(ParameterError):
+        CKKSParams.from_json({"poly_modulus_degree": 4096, "coeff_mod_bit_sizes": "60,49"})
+    with pytest.raises(ParameterError):
+        CKKSParams.from_json({"poly_modulus_degree": True, "coeff_mod_bit_sizes": [60, 49]})
+    assert LINEAR_PARAMS.total_bits <= MAX_COEFF_BITS_128[LINEAR_PARAMS.poly_modulus_degree]
+
+
+def test_galois_elements_match_seal():
+    assert galois_element(1, 4096) == 3
+    assert galois_element(2, 4096) == 9
+    assert galois_element(-1, 4096) == pow(3, 2047, 8192)
+
+
+def test_v2_binary_round_trip():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    message = v2.Message(
+        [v2.Tensor("input", "FP32", [2, 3], x), v2.Tensor("blobs", "BYTES", [2], [b"ab", b""])],
+        parameters={"k": 1},
+        id="r1",
+    )
+    body, header_length = v2.encode(message, "inputs", binary=True)
+    back = v2.decode(body, header_length, "inputs")
+    assert back.id == "r1" and back.parameters == {"k": 1}
+    assert np.array_equal(back.tensors[0].data, x)
+    assert back.tensors[1].data == [b"ab", b""]
+    json_body, none = v2.encode(v2.Message([v2.Tensor("input", "FP32", [2, 3], x)]), "inputs", binary=False)
+    assert none is None and np.array_equal(v2.decode(json_body, None, "inputs").tensors[0].data, x)
+
+
+@pytest.mark.parametrize("tail", [b"\x01", b"\x05\x00\x00\x00ab", b"\x02\x00\x00\x00abc"])
+def test_v2_bytes_elements_must_fill_exactly(tail):
+    header = b'{"inputs":[{"name":"b","datatype":"BYTES","shape":[1],"parameters":{"binary_data_size":%d}}]}' % len(
+        tail
+    )
+    with pytest.raises(v2.ProtocolError):
+        v2.decode(header + tail, len(header), "inputs")
+
+
+def test_keystore_ttl_and_sweep(tmp_path):
+    now = [1000.0]
+    store = DiskKeyStore(tmp_path, ttl_seconds=10, clock=lambda: now[0])
+    record = store.put(b"material", {"p": 1}, [3, 9], False)
+    assert store.get(record.key_id).galois_elements == [3, 9]
+    assert store.material(record.key_id) == b"material"
+    now[0] += 11
+    other = store.put(b"x", {}, [], False)
+    assert store.sweep() == 1
+    assert store.get(record.key_id) is None and store.material(record.key_id) is None
+    assert store.get(other.key_id) is not None
+    assert store.get("../../etc/passwd") is None
+    assert not store.delete("not-an-id")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{other.key_id}.json", f"{other.key_id}.keys"])
+
+
+def test_key_cache_is_bounded_in_bytes():
+    cache = KeyCache(max_bytes=100)
+    cache.put("a", "A", 60)
+    cache.put("b", "B", 30)
+    cache.get("a")
+    cache.put("c", "C", 30)  # evicts b, the least recently used
+    assert cache.get("b") is None and cache.get("a") == "A" and cache.get("c") == "C"
+    cache.put("huge", "H", 1000)
+    assert cache.get("huge") is None
+    cache.discard("a")
+    assert len(cache) == 1
+
+
+def test_scales_fit_the_data_prime():
+    for bound in (1.0, 30.0, 1200.0, 50000.0):
+        x_bits, w_bits = choose_scales(bound, 5.0)
+        assert x_bits + w_bits + np.log2(bound) <= 58
+        assert x_bits >= 20 and w_bits >= 16
+    with pytest.raises(ValueError):
+        choose_scales(2.0**40, 1.0)
