@@ -1,6 +1,6 @@
 """Client SDK of the encrypted inference service.
 
-Needs numpy, tenseal and requests only. The secret key is generated and kept here.
+Needs numpy, tenseal and urllib3 only. The secret key is generated and kept here.
 """
 
 from .client import Client, EncryptedRequest, RemoteModel

@@ -13,13 +13,14 @@ CKKS decryptions with the server would let it recover the secret key
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import requests
+import urllib3
 
 from protocol import v2
 from protocol.spec import BATCH, SINGLE, EncryptionSpec, SpecError
@@ -38,16 +39,30 @@ SINGLE_ROWS_PER_REQUEST = 64
 BATCH_CHUNKS_PER_REQUEST = 8
 
 
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
 class Client:
-    """A connection to one server: one HTTP session, a timeout on every call."""
+    """A connection to one server: one connection pool, a timeout on every call.
+
+    urllib3 directly rather than requests: on loopback requests adds ~1.7 ms per call,
+    more than the server spends evaluating a single encrypted sample.
+    """
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = "heserve-client/0.1"
+        self._http = urllib3.PoolManager(maxsize=4, retries=False, timeout=urllib3.Timeout(total=timeout))
+        self._headers = {"User-Agent": "heserve-client/0.1"}
         if api_key:
-            self._session.headers["Authorization"] = f"Bearer {api_key}"
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     def __enter__(self) -> Client:
         return self
@@ -56,26 +71,29 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._session.close()
+        self._http.clear()
 
     # --- HTTP ------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
         try:
-            response = self._session.request(method, self.url + path, timeout=self.timeout, **kwargs)
-        except requests.Timeout:
+            raw = self._http.request(method, self.url + path, body=body, headers={**self._headers, **(headers or {})})
+        except urllib3.exceptions.TimeoutError:
             raise ConnectionFailedError(f"{method} {path}: no answer within {self.timeout} s") from None
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None
-        if response.status_code >= 400:
+        response = Response(raw.status, dict(raw.headers), raw.data)
+        if response.status >= 400:
             try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text[:500] or response.reason
-            raise error_for_status(response.status_code, message)
+                message = response.json().get("error", "")
+            except (ValueError, AttributeError):
+                message = response.content[:500].decode("utf-8", "replace") or raw.reason or ""
+            raise error_for_status(response.status, message)
         return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> dict:
-        response = self._request(method, path, **kwargs)
+    def _json(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+        response = self._request(method, path, body, headers)
         try:
             return response.json()
         except ValueError:
@@ -106,8 +124,8 @@ class Client:
         return self._json(
             "POST",
             "/v2/keys",
-            data=body,
-            headers={v2.HEADER_LENGTH: str(header_length), "Content-Type": v2.BINARY_CONTENT_TYPE},
+            body,
+            {v2.HEADER_LENGTH: str(header_length), "Content-Type": v2.BINARY_CONTENT_TYPE},
         )
 
     def key_status(self, key_id: str) -> dict:
@@ -129,8 +147,8 @@ class Client:
         response = self._request(
             "POST",
             f"/v2/models/{model}/infer",
-            data=body,
-            headers={v2.HEADER_LENGTH: str(header_length), "Content-Type": v2.BINARY_CONTENT_TYPE},
+            body,
+            {v2.HEADER_LENGTH: str(header_length), "Content-Type": v2.BINARY_CONTENT_TYPE},
         )
         try:
             answer = v2.decode(response.content, _header_length(response), "outputs")
@@ -145,14 +163,14 @@ class Client:
         request = v2.Message([v2.Tensor("input", "FP32", list(x.shape), x)])
         body, _ = v2.encode(request, "inputs", binary=False)
         response = self._request(
-            "POST", f"/v2/models/{model}/infer", data=body, headers={"Content-Type": v2.JSON_CONTENT_TYPE}
+            "POST", f"/v2/models/{model}/infer", body, {"Content-Type": v2.JSON_CONTENT_TYPE}
         )
         answer = v2.decode(response.content, None, "outputs")
         return np.asarray(answer.tensors[0].data, dtype=np.float64)
 
 
-def _header_length(response: requests.Response) -> int | None:
-    raw = response.headers.get(v2.HEADER_LENGTH)
+def _header_length(response: Response) -> int | None:
+    raw = {k.lower(): v for k, v in response.headers.items()}.get(v2.HEADER_LENGTH.lower())
     return int(raw) if raw is not None else None
 
 

@@ -124,7 +124,7 @@ def linnerud_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def build_linnerud_linreg(directory: Path) -> dict:
     """A multi-output regression (3 exercises -> 3 physiological measures): the several-outputs path."""
-    x_train, x_test, y_train, y_test = linnerud_split()
+    x_train, _, y_train, _ = linnerud_split()
     scaler = StandardScaler().fit(x_train)
     model = LinearRegression().fit(scaler.transform(x_train), y_train)
     predictions = model.predict(scaler.transform(x_train))

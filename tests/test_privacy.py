@@ -37,27 +37,29 @@ def files_under(directory) -> list[bytes]:
     return out
 
 
-class RecordingSession(requests.Session):
-    """A requests session that keeps every body it sends."""
+class Recorder:
+    """Wraps the client's connection pool and keeps every body it sends."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, pool):
+        self.pool = pool
         self.sent: list[tuple[str, bytes]] = []
 
-    def send(self, request, **kwargs):
-        body = request.body if isinstance(request.body, bytes) else (request.body or "").encode()
-        self.sent.append((request.url, body))
-        return super().send(request, **kwargs)
+    def request(self, method, url, body=None, **kwargs):
+        self.sent.append((url, body or b""))
+        return self.pool.request(method, url, body=body, **kwargs)
+
+    def clear(self):
+        self.pool.clear()
 
 
 def test_secret_key_never_leaves_the_client_and_nothing_private_is_kept(server, tmp_path):
     _, x_test, _, _ = breast_cancer_split()
     with Client(server.url) as client:
-        client._session = RecordingSession()
+        client._http = recorder = Recorder(client._http)
         model = client.model("breast-cancer-logreg", key_file=tmp_path / "secret.key")
         model.predict(x_test[:3], layout="single")
         model.predict(x_test[:50], layout="batch")
-        sent = client._session.sent
+        sent = recorder.sent
         secret_bytes = seal_io.dump(model.secret_context._secret_key)
     assert sent and secret_bytes
     # The SEAL secret key, in any encoding, appears in no request body.
