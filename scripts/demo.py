@@ -9,6 +9,7 @@ with the time each step took. Then stops the server.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,6 +132,7 @@ def main() -> int:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+        shutil.rmtree(keys_dir, ignore_errors=True)
         print("server stopped.")
 
 
