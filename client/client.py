@@ -35,8 +35,8 @@ from .errors import (
 )
 from .keys import SecretContext
 
-SINGLE_ROWS_PER_REQUEST = 64
-BATCH_CHUNKS_PER_REQUEST = 8
+SINGLE_CIPHERTEXTS_PER_REQUEST = 64
+REQUEST_BYTES_TARGET = 128 * 1024 * 1024  # split batch uploads near this size
 
 
 @dataclass
@@ -311,19 +311,22 @@ class RemoteModel:
         spec = self.spec.layouts[layout]
         requests_: list[EncryptedRequest] = []
         if layout == SINGLE:
-            for start in range(0, x.shape[0], SINGLE_ROWS_PER_REQUEST):
-                part = x[start : start + SINGLE_ROWS_PER_REQUEST]
-                cts = [secret.encrypt(encoding.pack_single(row, spec, secret.slot_count), scale) for row in part]
-                requests_.append(EncryptedRequest(SINGLE, len(part), [len(part)], cts))
+            rows_per_request = max(1, SINGLE_CIPHERTEXTS_PER_REQUEST // spec.ciphertexts_per_row)
+            for start in range(0, x.shape[0], rows_per_request):
+                part = x[start : start + rows_per_request]
+                cts = [secret.encrypt(vector, scale) for row in part
+                       for vector in encoding.pack_single(row, spec, secret.slot_count)]
+                requests_.append(EncryptedRequest(SINGLE, len(part), [len(part), spec.ciphertexts_per_row], cts))
         else:
             capacity = min(spec.capacity, secret.slot_count)
-            step = capacity * BATCH_CHUNKS_PER_REQUEST
+            chunk_bytes = self.n_features_in_ * (secret.ciphertext_bytes(seeded=spec.seeded))
+            step = capacity * max(1, REQUEST_BYTES_TARGET // chunk_bytes)
             for start in range(0, x.shape[0], step):
                 part = x[start : start + step]
                 cts = []
                 for chunk_start in range(0, part.shape[0], capacity):
                     columns = encoding.pack_batch(part[chunk_start : chunk_start + capacity], capacity)
-                    cts.extend(secret.encrypt(column, scale) for column in columns)
+                    cts.extend(secret.encrypt(column, scale, seeded=spec.seeded) for column in columns)
                 chunks = math.ceil(part.shape[0] / capacity)
                 requests_.append(EncryptedRequest(BATCH, part.shape[0], [chunks, self.n_features_in_], cts))
         return requests_

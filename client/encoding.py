@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from protocol.packing import PackedLayout
 from protocol.spec import LayoutSpec
 
 
-def pack_single(row: np.ndarray, layout: LayoutSpec, slot_count: int) -> np.ndarray:
-    """One row zero-padded to the layout's period and tiled across every slot."""
+def pack_single(row: np.ndarray, layout: LayoutSpec, slot_count: int) -> list[np.ndarray]:
+    """The slot vectors of one row's ciphertexts.
+
+    Linear models: the row zero-padded to the layout's period and tiled across every slot.
+    Networks: the packed layout, several ciphertexts, each slot holding one feature.
+    """
+    if layout.packing:
+        index = PackedLayout.from_json(layout.packing).input_index(slot_count)
+        padded = np.append(row, 0.0)
+        return list(padded[np.where(index < row.size, index, row.size)])
     padded = np.zeros(layout.period)
     padded[: row.size] = row
-    return np.tile(padded, slot_count // layout.period)
+    return [np.tile(padded, slot_count // layout.period)]
 
 
 def unpack_single(slots: np.ndarray, n_outputs: int) -> np.ndarray:
+    """Outputs sit in slots 0..n_outputs-1 in every single-layout result."""
     return slots[:n_outputs]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from protocol import seal_io, v2
+from protocol import seal_io, seal_raw, v2
 from protocol.params import CKKSParams, galois_element
 
 from .errors import HEClientError, KeyFileError
@@ -91,14 +91,27 @@ class SecretContext:
         return body, header_length
 
     # --- encryption ---------------------------------------------------------------------------
-    def encrypt(self, values: np.ndarray, scale: float) -> bytes:
-        """Encrypt up to slot_count real values as one seeded (half-size) ciphertext."""
+    def encrypt(self, values: np.ndarray, scale: float, seeded: bool = True) -> bytes:
+        """Encrypt up to slot_count real values as one ciphertext.
+
+        seeded: SEAL's half-size form (the second polynomial is regenerated from a seed);
+        otherwise the full ciphertext, uncompressed, whose coefficients the server reads directly.
+        """
         values = np.asarray(values, dtype=np.float64).ravel()
         if values.size > self.slot_count:
             raise ValueError(f"{values.size} values do not fit {self.slot_count} slots")
         plain = sealapi.Plaintext()
         self._encoder.encode(values.tolist(), scale, plain)
-        return seal_io.dump(self._encryptor.encrypt_symmetric(plain))
+        if seeded:
+            return seal_io.dump(self._encryptor.encrypt_symmetric(plain))
+        ct = sealapi.Ciphertext()
+        self._encryptor.encrypt_symmetric(plain, ct)
+        return seal_raw.to_uncompressed(seal_io.dump(ct))
+
+    def ciphertext_bytes(self, seeded: bool = True) -> int:
+        """Approximate size of one fresh ciphertext on the wire."""
+        full = 2 * len(self.params.coeff_mod_bit_sizes[:-1]) * self.params.poly_modulus_degree * 8
+        return full // 2 if seeded else full
 
     def decrypt(self, data: bytes) -> np.ndarray:
         """Decrypt one ciphertext returned by the server; every slot, as float64."""

@@ -150,5 +150,12 @@ RECIPES = {
 }
 
 
+def all_recipes() -> dict:
+    """Linear recipes, plus the networks (which need torch to train)."""
+    from .nets import NETWORK_RECIPES
+
+    return {**RECIPES, **NETWORK_RECIPES}
+
+
 def build_all(models_dir: Path = MODELS_DIR) -> list[dict]:
-    return [recipe(models_dir / name) for name, recipe in RECIPES.items()]
+    return [recipe(models_dir / name) for name, recipe in all_recipes().items()]

@@ -35,6 +35,12 @@ class LayoutSpec:
     rotation_steps: tuple[int, ...] = ()
     period: int = 0
     method: str = ""
+    packing: dict | None = None  # networks' single layout: see server.network.PackedLayout
+    seeded: bool = True  # False: send full ciphertexts, uncompressed (the server reads their coefficients)
+
+    @property
+    def ciphertexts_per_row(self) -> int:
+        return int(self.packing["ciphertexts"]) if self.packing else 1
 
     def to_json(self, params: CKKSParams) -> dict:
         data = {
@@ -47,6 +53,9 @@ class LayoutSpec:
             data["period"] = self.period
         if self.method:
             data["method"] = self.method
+        if self.packing:
+            data["packing"] = dict(self.packing)
+        data["seeded"] = self.seeded
         return data
 
 
@@ -98,6 +107,8 @@ class EncryptionSpec:
                     rotation_steps=tuple(int(s) for s in entry.get("rotation_steps", [])),
                     period=int(entry.get("period", 0)),
                     method=str(entry.get("method", "")),
+                    packing=dict(entry["packing"]) if entry.get("packing") else None,
+                    seeded=bool(entry.get("seeded", True)),
                 )
             if not layouts:
                 raise SpecError("the model offers no layout this SDK understands")

@@ -79,6 +79,9 @@ def choose_scales(output_bound: float, weight_max: float) -> tuple[int, int]:
 class LinearPlan:
     """A compiled linear model y = W x + b for both layouts."""
 
+    batch_reads_coefficients = False
+    single_ciphertexts = 1
+
     def __init__(self, weights: np.ndarray, bias: np.ndarray, output_bound: float, runtime: SealRuntime):
         if weights.ndim != 2 or bias.shape != (weights.shape[0],):
             raise ValueError("weights must be (n_outputs, n_features) and bias (n_outputs,)")
@@ -182,7 +185,8 @@ class LinearPlan:
                 f"{what} has scale 2^{math.log2(ct.scale):.2f}, the model expects 2^{self.input_scale_bits}"
             )
 
-    def evaluate_single(self, ct: sealapi.Ciphertext, galois_keys: sealapi.GaloisKeys) -> sealapi.Ciphertext:
+    def evaluate_single(self, cts: list[sealapi.Ciphertext], keys) -> sealapi.Ciphertext:
+        ct, galois_keys = cts[0], keys.galois
         ev = self.runtime.evaluator
         if self.n_outputs == 1:
             acc = sealapi.Ciphertext()
@@ -221,7 +225,7 @@ class LinearPlan:
             self._batch_bias_cache[rows] = cached
         return cached
 
-    def evaluate_batch(self, cts: list[sealapi.Ciphertext], rows: int) -> list[sealapi.Ciphertext]:
+    def evaluate_batch(self, cts: list[sealapi.Ciphertext], rows: int, keys=None) -> list[sealapi.Ciphertext]:
         if len(cts) != self.n_features:
             raise EvaluationError(f"batch layout needs {self.n_features} ciphertexts per chunk, got {len(cts)}")
         ev = self.runtime.evaluator

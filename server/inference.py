@@ -88,8 +88,13 @@ def _infer_encrypted(
     plan = model.plan
     runtime = plan.runtime
     if layout == SINGLE:
-        if len(tensor.shape) != 1 or not 1 <= tensor.shape[0] <= max_single_rows:
-            raise BadRequest(f"single layout takes shape [rows] with 1..{max_single_rows} rows, got {tensor.shape}")
+        per_row = plan.single_ciphertexts
+        rows = tensor.shape[0] if tensor.shape else 0
+        valid = tensor.shape in ([rows, per_row],) or (per_row == 1 and tensor.shape == [rows])
+        if not valid or not 1 <= rows <= max_single_rows:
+            raise BadRequest(
+                f"single layout takes shape [rows, {per_row}] with 1..{max_single_rows} rows, got {tensor.shape}"
+            )
         needed = plan.required_galois_elements(SINGLE)
         missing = [e for e in needed if eval_keys.galois is None or not eval_keys.galois.has_key(e)]
         if missing:
@@ -97,10 +102,12 @@ def _infer_encrypted(
                 f"key {key_id!r} lacks Galois keys for rotation steps {list(plan.single_steps)} "
                 f"(galois elements {missing}); register keys with the steps in the model metadata"
             )
+        _require_relin(model, eval_keys, key_id)
         outputs = []
-        for index, blob in enumerate(tensor.data):
-            ct = _load_ciphertext(runtime.context, blob, f"ciphertext {index}", plan)
-            outputs.append(seal_io.dump(_evaluate(lambda c=ct: plan.evaluate_single(c, eval_keys.galois))))
+        for row in range(rows):
+            cts = [_load_ciphertext(runtime.context, blob, f"ciphertext [{row}, {j}]", plan)
+                   for j, blob in enumerate(tensor.data[row * per_row : (row + 1) * per_row])]
+            outputs.append(seal_io.dump(_evaluate(lambda c=cts: plan.evaluate_single(c, eval_keys))))
         shape = [len(outputs)]
         out_params = {"layout": SINGLE, "rows": len(outputs)}
     else:
@@ -113,19 +120,27 @@ def _infer_encrypted(
                 f"batch layout with {rows} rows takes shape {expected} "
                 f"({plan.n_features} ciphertexts per chunk of up to {capacity} rows), got {tensor.shape}"
             )
+        _require_relin(model, eval_keys, key_id)
         outputs = []
         for chunk in range(chunks):
             chunk_rows = min(capacity, rows - chunk * capacity)
             blobs = tensor.data[chunk * plan.n_features : (chunk + 1) * plan.n_features]
-            cts = [
-                _load_ciphertext(runtime.context, blob, f"ciphertext [{chunk}, {j}]", plan)
-                for j, blob in enumerate(blobs)
-            ]
-            results = _evaluate(lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r))
+            if plan.batch_reads_coefficients:
+                cts = [_evaluate(lambda b=blob, w=f"ciphertext [{chunk}, {j}]": plan.parse_batch_input(b, w))
+                       for j, blob in enumerate(blobs)]
+            else:
+                cts = [_load_ciphertext(runtime.context, blob, f"ciphertext [{chunk}, {j}]", plan)
+                       for j, blob in enumerate(blobs)]
+            results = _evaluate(lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r, eval_keys))
             outputs.extend(seal_io.dump(ct) for ct in results)
         shape = [chunks, plan.n_outputs]
         out_params = {"layout": BATCH, "rows": rows}
     return v2.Message([v2.Tensor(CIPHERTEXT, "BYTES", shape, outputs)], parameters=out_params)
+
+
+def _require_relin(model: ServedModel, eval_keys, key_id: str) -> None:
+    if model.spec.relin_keys_needed and eval_keys.relin is None:
+        raise BadRequest(f"model {model.name!r} needs relinearization keys; key {key_id!r} has none")
 
 
 def _load_ciphertext(context, blob: bytes, what: str, plan) -> sealapi.Ciphertext:

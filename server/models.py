@@ -13,6 +13,7 @@ from protocol.params import CKKSParams
 from protocol.spec import EncryptionSpec
 
 from .engine import LINEAR_PARAMS, LinearPlan, SealRuntime
+from .network import NETWORK_PARAMS, NetworkPlan
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +23,28 @@ class ServedModel:
     name: str
     version: str
     manifest: dict
-    plan: LinearPlan
+    plan: LinearPlan | NetworkPlan
     spec: EncryptionSpec
 
     def plaintext_predict(self, x: np.ndarray) -> np.ndarray:
-        """Raw model outputs (logits or regression values) for standardized-by-us rows."""
+        """Raw model outputs (logits or regression values) for raw rows (preprocessing applied here)."""
         pre = self.manifest.get("preprocess", {})
         if pre.get("type") == "standardize":
             x = (x - np.asarray(pre["mean"])) / np.asarray(pre["scale"])
-        return x @ self.plan.weights.T + self.plan.bias
+        plan = self.plan
+        if isinstance(plan, LinearPlan):
+            return x @ plan.weights.T + plan.bias
+        h = x @ plan.W1.T + plan.b1
+        if plan.two_layers:
+            h = h * (h + plan.beta)
+            h = h @ plan.W2.T + plan.b2
+        return h
 
     def metadata(self) -> dict:
         return {
             "name": self.name,
             "versions": [self.version],
-            "platform": "ckks-linear",
+            "platform": f"ckks-{self.manifest.get('kind', 'linear')}",
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, self.plan.n_features]}],
             "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, self.plan.n_outputs]}],
             "parameters": {
@@ -66,19 +74,23 @@ class ModelRegistry:
 
 
 def load_registry(models_dir: Path) -> ModelRegistry:
-    runtimes = {LINEAR_PARAMS: SealRuntime(LINEAR_PARAMS)}
+    runtimes = {LINEAR_PARAMS: SealRuntime(LINEAR_PARAMS), NETWORK_PARAMS: SealRuntime(NETWORK_PARAMS)}
     models: dict[str, ServedModel] = {}
     for manifest_path in sorted(models_dir.glob(f"*/{artifact.MANIFEST}")):
         art = artifact.load(manifest_path.parent)
-        if art.manifest.get("kind") != "linear":
-            log.warning("skipping model %s of unsupported kind %r", art.name, art.manifest.get("kind"))
+        kind = art.manifest.get("kind")
+        if kind == "linear":
+            plan = LinearPlan(
+                np.atleast_2d(art.arrays["W"]),
+                np.atleast_1d(art.arrays["b"]),
+                float(art.manifest.get("output_bound", 1.0)),
+                runtimes[LINEAR_PARAMS],
+            )
+        elif kind == "network":
+            plan = NetworkPlan(art.manifest["layers"], art.arrays, runtimes[NETWORK_PARAMS])
+        else:
+            log.warning("skipping model %s of unsupported kind %r", art.name, kind)
             continue
-        plan = LinearPlan(
-            np.atleast_2d(art.arrays["W"]),
-            np.atleast_1d(art.arrays["b"]),
-            float(art.manifest.get("output_bound", 1.0)),
-            runtimes[LINEAR_PARAMS],
-        )
         models[art.name] = ServedModel(art.name, str(art.manifest.get("version", "1")), art.manifest, plan, plan.spec())
     if not models:
         raise artifact.ArtifactError(f"no model artifacts found in {models_dir}")

@@ -65,7 +65,7 @@ def model_index():
     return jsonify(
         {
             "models": [
-                {"name": m.name, "versions": [m.version], "platform": "ckks-linear", "state": "READY"}
+                {"name": m.name, "versions": [m.version], "platform": m.metadata()["platform"], "state": "READY"}
                 for m in (registry.get(n) for n in registry.names())
             ]
         }

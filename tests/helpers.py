@@ -45,7 +45,7 @@ def register(url: str, secret: SecretContext, steps, params: CKKSParams | None =
 def encrypt_single(
     secret: SecretContext, spec: EncryptionSpec, row: np.ndarray, scale_bits: int | None = None
 ) -> bytes:
-    packed = encoding.pack_single(np.asarray(row, dtype=float), spec.layouts["single"], secret.slot_count)
+    packed = encoding.pack_single(np.asarray(row, dtype=float), spec.layouts["single"], secret.slot_count)[0]
     return secret.encrypt(packed, 2.0 ** (scale_bits or spec.input_scale_bits))
 
 
