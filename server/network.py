@@ -32,12 +32,14 @@ from protocol.params import CKKSParams, galois_element
 from protocol.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
 
 from .engine import EvaluationError, SealRuntime
-from .modmath import matmul_mod
+from .modmath import ModularDense
 
 NETWORK_PARAMS = CKKSParams(8192, (45, 25, 30, 25, 60))
 INPUT_SCALE_BITS = 30
 MAX_SINGLE_CIPHERTEXTS = 64
-ROTATION_COST = 4.0  # ms at the top level, against ~2 ms for the client to encrypt one more ciphertext
+# Server milliseconds on this machine (N=8192): a rotation at level 1 and at level 3, and one more
+# input ciphertext (load a seeded ciphertext, multiply, add). The packing minimizes their sum.
+ROTATION_COST_TOP, ROTATION_COST_LOW, CIPHERTEXT_COST = 3.0, 0.8, 3.0
 
 
 def _pow2(n: int) -> int:
@@ -60,8 +62,9 @@ def choose_packed_layout(n_in: int, n_hidden: int, n_out: int | None, slots: int
         group = 1
         while group <= max_group:
             m = math.ceil(n_in / (blocks * group))
-            rotations = int(math.log2(group)) + int(math.log2(blocks)) + (int(math.log2(hidden)) if n_out else 0)
-            cost = ROTATION_COST * rotations + m
+            top = int(math.log2(group)) + int(math.log2(blocks))
+            low = int(math.log2(hidden)) if n_out else 0
+            cost = ROTATION_COST_TOP * top + ROTATION_COST_LOW * low + CIPHERTEXT_COST * m
             if m <= MAX_SINGLE_CIPHERTEXTS and (best is None or cost < best[0]):
                 best = (cost, PackedLayout(m, block, hidden, stride, group, blocks))
             group *= 2
@@ -131,7 +134,7 @@ class NetworkPlan:
                            for mu in range(lay.ciphertexts)]
         b1 = np.zeros(lay.hidden)
         b1[: self.n_hidden] = self.b1
-        self._single_b1 = self._encode(b1[hidden], self.input_scale * self.q_w1, 0)
+        self._single_b1 = self._encode(b1[hidden], self.hidden_scale, 1)
         self.single_steps = lay.rotation_steps(self.two_layers)
         if self.two_layers:
             self._beta_plain = self._encode(self.beta, self.hidden_scale, 1)
@@ -141,14 +144,16 @@ class NetworkPlan:
             self._single_w2 = self._encode(W2[k, hidden], self.q_w2, 2)
             b2 = np.zeros(lay.stride)
             b2[: self.n_outputs] = self.b2
-            self._single_b2 = self._encode(b2[k], self.act_scale * self.q_w2, 2)
+            self._single_b2 = self._encode(b2[k], self.act_scale, 3)
 
     def _compile_batch(self) -> None:
-        self._w1_int = np.round(self.W1 * self.q_w1)
+        self._dense1 = ModularDense(np.round(self.W1 * self.q_w1), self.moduli[0])
         self._b1_int = [round(float(b) * self.input_scale * self.q_w1) for b in self.b1]
         self._seal_version = seal_raw.seal_version()
         if self.two_layers:
             self._w2_consts: dict[float, sealapi.Plaintext] = {}
+            # Constant plaintexts at level 2 are 2 primes x N x 8 bytes; keep up to 256 MB of them.
+            self._w2_cache_limit = (256 << 20) // (2 * self.runtime.params.poly_modulus_degree * 8)
             self._b2_plains = [self._encode(float(b), self.act_scale * self.q_w2, 2) for b in self.b2]
 
     # --- description -------------------------------------------------------------------------
@@ -175,8 +180,8 @@ class NetworkPlan:
         single_ops = [
             {"op": "multiply_plain", "count": lay.ciphertexts, "level": 0},
             {"op": "add", "count": lay.ciphertexts - 1, "level": 0},
-            {"op": "rotate", "count": len(lay.rotation_steps(False)), "level": 0},
             {"op": "rescale", "count": 1, "level": 0},
+            {"op": "rotate", "count": len(lay.rotation_steps(False)), "level": 1},
         ]
         batch_ops = [{"op": "modular_matmul", "shape": [self.n_hidden, self.n_features], "level": 0},
                      {"op": "rescale", "count": self.n_hidden, "level": 0}]
@@ -184,8 +189,8 @@ class NetworkPlan:
             single_ops += [
                 {"op": "multiply_relinearize", "count": 1, "level": 1}, {"op": "rescale", "count": 1, "level": 1},
                 {"op": "multiply_plain", "count": 1, "level": 2},
-                {"op": "rotate", "count": int(math.log2(lay.hidden)), "level": 2},
                 {"op": "rescale", "count": 1, "level": 2},
+                {"op": "rotate", "count": int(math.log2(lay.hidden)), "level": 3},
             ]
             batch_ops += [
                 {"op": "multiply_relinearize", "count": self.n_hidden, "level": 1},
@@ -226,12 +231,12 @@ class NetworkPlan:
         ev.relinearize_inplace(acc, keys.relin)
         ev.rescale_to_next_inplace(acc)
         ev.multiply_plain_inplace(acc, self._single_w2)
+        ev.rescale_to_next_inplace(acc)  # the rotations below then run on the last prime alone
         for step in self.layout.rotation_steps(True)[len(self.layout.rotation_steps(False)):]:
             rotated = sealapi.Ciphertext()
             ev.rotate_vector(acc, step, keys.galois, rotated)
             ev.add_inplace(acc, rotated)
         ev.add_plain_inplace(acc, self._single_b2)
-        ev.rescale_to_next_inplace(acc)
         return acc
 
     @property
@@ -250,12 +255,13 @@ class NetworkPlan:
                 acc = term
             else:
                 ev.add_inplace(acc, term)
+        # Rescale first: rotations commute with it and cost less with one prime fewer.
+        ev.rescale_to_next_inplace(acc)
         for step in self.layout.rotation_steps(False):
             rotated = sealapi.Ciphertext()
             ev.rotate_vector(acc, step, keys.galois, rotated)
             ev.add_inplace(acc, rotated)
         ev.add_plain_inplace(acc, self._single_b1)
-        ev.rescale_to_next_inplace(acc)
         if not self.two_layers:
             return acc
         return self._activation_and_layer2_single(acc, keys)
@@ -276,14 +282,15 @@ class NetworkPlan:
         moduli = self.moduli[0]
         out = np.empty((self.n_hidden, 2, len(moduli), n), dtype=np.uint64)
         for prime, q in enumerate(moduli):
-            coeffs = np.empty((len(inputs), 2 * n), dtype=np.uint64)
-            for i, raw in enumerate(inputs):
-                coeffs[i] = raw.data[:, prime, :].reshape(-1)
-            out[:, :, prime, :] = matmul_mod(self._w1_int, coeffs, q).reshape(self.n_hidden, 2, n)
+            limbs = self._dense1.gather(prime, [raw.data[:, prime, :] for raw in inputs])
+            if limbs is None:
+                raise EvaluationError("ciphertext coefficients lie outside their modulus")
+            out[:, :, prime, :] = self._dense1.apply(prime, limbs).reshape(self.n_hidden, 2, n)
             # The bias is a constant polynomial: in NTT form, the same value in every coefficient of c0.
             bias = np.asarray([b % q for b in self._b1_int], dtype=np.uint64).reshape(-1, 1)
-            c0 = out[:, 0, prime, :] + bias
-            out[:, 0, prime, :] = np.where(c0 >= q, c0 - np.uint64(q), c0)
+            c0 = out[:, 0, prime, :]
+            c0 += bias
+            np.subtract(c0, np.uint64(q), out=c0, where=c0 >= q)
         scale = self.input_scale * self.q_w1
         return [seal_io.load(sealapi.Ciphertext, self.runtime.context,
                              seal_raw.build(self.levels[0], scale, out[c], self._seal_version), "hidden")
@@ -298,11 +305,12 @@ class NetworkPlan:
             ev.rescale_to_next_inplace(ct)
         if not self.two_layers:
             return hidden
+        # Relinearization is linear, so it is deferred past layer 2: n_outputs key switches
+        # instead of n_hidden, with layer 2 working on 3-polynomial ciphertexts meanwhile.
         for ct in hidden:
             shifted = sealapi.Ciphertext()
             ev.add_plain(ct, self._beta_plain, shifted)
             ev.multiply_inplace(ct, shifted)
-            ev.relinearize_inplace(ct, keys.relin)
             ev.rescale_to_next_inplace(ct)
         outputs = []
         for k in range(self.n_outputs):
@@ -320,6 +328,7 @@ class NetworkPlan:
             if acc is None:
                 raise EvaluationError("an output with all-zero weights cannot be evaluated")
             ev.add_plain_inplace(acc, self._b2_plains[k])
+            ev.relinearize_inplace(acc, keys.relin)
             ev.rescale_to_next_inplace(acc)
             outputs.append(acc)
         return outputs
@@ -328,6 +337,6 @@ class NetworkPlan:
         plain = self._w2_consts.get(w)
         if plain is None:
             plain = self._encode(w, self.q_w2, 2)
-            if len(self._w2_consts) < 4096:
+            if len(self._w2_consts) < self._w2_cache_limit:
                 self._w2_consts[w] = plain
         return plain

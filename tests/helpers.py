@@ -60,3 +60,42 @@ def infer_message(ciphertexts: list[bytes], key_id: str, layout: str = "single",
 def decode_outputs(response: requests.Response) -> v2.Message:
     raw = response.headers.get(v2.HEADER_LENGTH)
     return v2.decode(response.content, int(raw) if raw else None, "outputs")
+
+
+class InProcessClient:
+    """The SDK's Client, talking to a Services object through server.inference directly (no HTTP)."""
+
+    def __init__(self, services):
+        from client import Client
+
+        self.services = services
+        self.client = Client("http://in-process")
+        self.client._request = self._request
+
+    def _request(self, method, path, body=None, headers=None):
+        import json as _json
+
+        from client.client import Response
+        from client.errors import error_for_status
+        from server.errors import APIError
+        from server.inference import infer
+
+        headers = headers or {}
+        length = headers.get(v2.HEADER_LENGTH)
+        try:
+            if method == "GET" and path.startswith("/v2/models/"):
+                model = self.services.registry.get(path.split("/")[3])
+                return Response(200, {}, _json.dumps(model.metadata()).encode())
+            if method == "POST" and path == "/v2/keys":
+                record = self.services.keys.register(body, int(length))
+                return Response(201, {}, _json.dumps(record.public_view()).encode())
+            if method == "POST" and path.endswith("/infer"):
+                model = self.services.registry.get(path.split("/")[3])
+                out, out_length = infer(model, self.services.keys, body, int(length) if length else None, True, 256)
+                return Response(200, {v2.HEADER_LENGTH: str(out_length)} if out_length else {}, out)
+        except APIError as exc:
+            raise error_for_status(exc.status, exc.message) from None
+        raise AssertionError(f"unexpected {method} {path}")
+
+    def model(self, name):
+        return self.client.model(name)

@@ -1,0 +1,182 @@
+"""Shallow networks: the shipped ones through gunicorn in both layouts, the exporter, the compiler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from client.keys import SecretContext
+from models.export import ExportError, sklearn_to_artifact, torch_layers, torch_to_artifact
+from models.nets import digits_split, mnist_size_split
+from models.nn import PolyActivation, Square
+from server.config import ServerConfig
+from server.models import load_registry
+from server.services import Services
+
+from .helpers import InProcessClient, decode_outputs, infer_message, model_spec, post_binary, register
+
+NETWORKS = {"digits-mlp": digits_split, "digits-cnn": digits_split, "mnist-size-mlp": mnist_size_split}
+ROWS = 200
+
+
+@pytest.fixture(scope="module")
+def registry():
+    from pathlib import Path
+
+    return load_registry(Path(__file__).resolve().parent.parent / "models")
+
+
+@pytest.mark.parametrize("layout", ["single", "batch"])
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_encrypted_network_matches_plaintext(client, registry, name, layout):
+    _, x_test, _, y_test = NETWORKS[name]()
+    rows = x_test[:ROWS] if layout == "single" else x_test
+    expected = registry.get(name).plaintext_predict(rows)
+    model = client.model(name)
+    scores = model.raw_scores(rows, layout=layout)
+    assert len(scores) >= ROWS
+    assert np.array_equal(scores.argmax(axis=1), expected.argmax(axis=1))
+    assert np.max(np.abs(scores - expected)) <= 1e-2
+    assert np.mean(model.predict(rows[:20], layout=layout) == y_test[:20]) >= 0.8
+
+
+def test_network_result_slots_hold_only_outputs(server, registry):
+    spec = model_spec(server.url, "digits-mlp")
+    secret = SecretContext.generate(spec.ckks)
+    body, header_length = secret.evaluation_key_request(spec.rotation_steps, relin_keys=True)
+    import requests
+
+    from protocol import v2
+
+    key_id = requests.post(
+        f"{server.url}/v2/keys", data=body, timeout=60, headers={v2.HEADER_LENGTH: str(header_length)}
+    ).json()["key_id"]
+    _, x_test, _, _ = digits_split()
+    from client import Client
+
+    with Client(server.url) as c:
+        model = c.model("digits-mlp", secret_context=secret)
+        request = model.encrypt(x_test[:1], "single")[0]
+    response = post_binary(
+        server.url,
+        "/v2/models/digits-mlp/infer",
+        infer_message(request.ciphertexts, key_id, "single", request.shape, 1),
+    )
+    assert response.status_code == 200
+    slots = secret.decrypt(decode_outputs(response).tensors[0].data[0])
+    stride = spec.layouts["single"].packing["stride"]
+    k = np.arange(slots.size) % stride
+    expected = registry.get("digits-mlp").plaintext_predict(x_test[:1])[0]
+    # Every slot holds output k (k < 10) or zero: no hidden unit, no partial sum.
+    assert np.max(np.abs(slots[k < 10] - expected[k[k < 10]])) < 1e-2
+    assert np.max(np.abs(slots[k >= 10])) < 1e-3
+
+
+def test_network_needs_relin_keys(server):
+    spec = model_spec(server.url, "digits-mlp")
+    secret = SecretContext.generate(spec.ckks)
+    key_id = register(server.url, secret, spec.rotation_steps)
+    assert key_id.status_code == 201
+    _, x_test, _, _ = digits_split()
+    from client import Client
+
+    with Client(server.url) as c:
+        request = c.model("digits-mlp", secret_context=secret).encrypt(x_test[:1], "single")[0]
+    response = post_binary(
+        server.url,
+        "/v2/models/digits-mlp/infer",
+        infer_message(request.ciphertexts, key_id.json()["key_id"], "single", request.shape, 1),
+    )
+    assert response.status_code == 400 and "relinearization" in response.json()["error"]
+
+
+def test_plan_is_published(client):
+    metadata = client.model_metadata("mnist-size-mlp")
+    encryption = metadata["parameters"]["encryption"]
+    assert encryption["multiplicative_depth"] == 3
+    assert encryption["ckks"]["poly_modulus_degree"] == 8192
+    assert sum(encryption["ckks"]["coeff_mod_bit_sizes"]) <= 218
+    plan = encryption["plan"]
+    assert plan["shape"] == [784, 128, 10]
+    assert plan["rotation_steps"] == encryption["rotation_steps"]
+    assert {op["op"] for op in plan["batch"]["ops"]} >= {"modular_matmul", "multiply_relinearize"}
+    assert encryption["layouts"]["batch"]["galois_keys_needed"] is False
+
+
+# --- exporter and compiler (in process) ------------------------------------------------------
+def test_conv_folding_equals_torch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(48, 4))
+    layers = torch_layers(model, (1, 8, 8))
+    x = torch.randn(5, 1, 8, 8)
+    h = x.reshape(5, -1).double().numpy()
+    for layer in layers:
+        h = h @ layer["W"].T + layer["b"]
+    assert np.allclose(h, model(x).detach().double().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), r"layer 1 \(ReLU\)"),
+        (nn.Sequential(nn.Linear(4, 3), nn.Sigmoid()), "layer 1 \\(Sigmoid\\)"),
+        (nn.Sequential(nn.Linear(4, 3), Square()), "must end with a Linear"),
+        (nn.Sequential(Square(), nn.Linear(4, 3)), "must follow a Linear"),
+        (nn.Sequential(nn.Linear(4, 3), Square(), nn.Linear(3, 3), Square(), nn.Linear(3, 2)), "at most 2"),
+        (nn.Sequential(nn.Linear(5, 3)), "expects 5 inputs"),
+    ],
+)
+def test_exporter_refuses_with_a_named_reason(tmp_path, bad, message):
+    with pytest.raises(ExportError, match=message):
+        torch_to_artifact(bad, (4,), tmp_path / "m", "m", x_sample=np.zeros((2, 4)))
+
+
+def test_poly_activation_network_runs_encrypted(tmp_path):
+    """a*x^2 + b*x + c with b != 0 and c != 0 exercises the folding of a, b and c."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 5), PolyActivation(0.3, -0.7, 0.2), nn.Linear(5, 3))
+    x = np.random.default_rng(0).normal(size=(40, 6))
+    torch_to_artifact(
+        model,
+        (6,),
+        tmp_path / "poly-net",
+        "poly-net",
+        x_sample=x,
+        postprocess={"type": "softmax", "classes": [0, 1, 2]},
+    )
+    services = Services.build(ServerConfig.from_env(models_dir=tmp_path, keys_dir=tmp_path / "keys"))
+    expected = model(torch.tensor(x, dtype=torch.float32)).detach().numpy()
+    remote = InProcessClient(services).model("poly-net")
+    for layout in ("single", "batch"):
+        assert np.max(np.abs(remote.raw_scores(x[:4], layout=layout) - expected[:4])) < 1e-3
+    assert np.max(np.abs(remote.raw_scores(x, layout="batch") - expected)) < 1e-3
+
+
+def test_sklearn_models_export_through_the_same_path(tmp_path):
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_train, x_test, y_train, _ = digits_split()
+    multinomial = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, y_train)
+    sklearn_to_artifact(multinomial, tmp_path / "digits-logreg", "digits-logreg", x_sample=x_train)
+    ridge = Ridge(alpha=1.0).fit(x_train, y_train.astype(float))
+    sklearn_to_artifact(ridge, tmp_path / "digits-ridge", "digits-ridge", x_sample=x_train)
+    ols = LinearRegression().fit(x_train[:, :10], np.column_stack([y_train, y_train * 2.0]))
+    sklearn_to_artifact(ols, tmp_path / "two-targets", "two-targets", x_sample=x_train[:, :10])
+    with pytest.raises(ExportError, match="not supported"):
+        from sklearn.tree import DecisionTreeClassifier
+
+        sklearn_to_artifact(DecisionTreeClassifier().fit(x_train, y_train), tmp_path / "t", "t", x_sample=x_train)
+    services = Services.build(ServerConfig.from_env(models_dir=tmp_path, keys_dir=tmp_path / "keys"))
+    remote = InProcessClient(services)
+    rows = x_test[:6]
+    logreg = remote.model("digits-logreg")
+    assert np.max(np.abs(logreg.raw_scores(rows, layout="single") - multinomial.decision_function(rows))) < 1e-3
+    assert np.array_equal(logreg.predict(x_test[:100], layout="batch"), multinomial.predict(x_test[:100]))
+    proba = logreg.predict_proba(rows, layout="batch")
+    assert np.allclose(proba, multinomial.predict_proba(rows), atol=1e-4)
+    assert np.max(np.abs(remote.model("digits-ridge").predict(rows) - ridge.predict(rows))) < 1e-3
+    assert np.max(np.abs(remote.model("two-targets").predict(rows[:, :10]) - ols.predict(rows[:, :10]))) < 1e-3
