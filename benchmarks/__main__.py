@@ -20,7 +20,7 @@ import tenseal
 
 from tests.serverproc import start_server
 
-from . import linear
+from . import linear, networks
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -76,6 +76,24 @@ def ratios(rows: list[dict]) -> list[str]:
     return out
 
 
+def network_ratios(rows: list[dict], floors: dict) -> list[str]:
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        by = {(r["workload"], r["layout"]): r for r in rows if r["model"] == model}
+        naive = by[("tenseal naive (mm, square, mm)", "single")]
+        single = by[("service, server side", "single")]
+        batch = by[("service, server side", "batch")]
+        e2e = by[("service over HTTP (end to end)", "batch")]
+        out.append(
+            f"{model}: single-sample server evaluation {naive['median_ms'] / single['median_ms']:.1f}x faster than "
+            f"TenSEAL naive; batch {batch['rows_per_s']:,.0f} rows/s server side, {e2e['rows_per_s']:,.0f} rows/s "
+            f"end to end; evaluation keys {single['eval_key_bytes'] / naive['eval_key_bytes']:.2f}x TenSEAL's "
+            f"default Galois keys; single-sample server time {single['median_ms'] / floors[model]['single_ms']:.2f}x "
+            f"the plan's op-count floor ({floors[model]['single_ms']:.1f} ms)"
+        )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, for CI")
@@ -91,6 +109,8 @@ def main() -> int:
         "server": "gunicorn, 2 sync workers, loopback HTTP",
     }
     context = linear.tenseal_naive_context()
+    net_context = networks.tenseal_context()
+    names = ["digits-mlp"] if args.quick else list(networks.SPLITS)
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp), workers=2)
         try:
@@ -98,18 +118,37 @@ def main() -> int:
             for name in linear.SPLITS:
                 print(f"benchmarking {name} ...", file=sys.stderr)
                 rows += linear.bench_model(name, server.url, samples, batch_rows, context)
+            net_rows = []
+            for name in names:
+                print(f"benchmarking {name} ...", file=sys.stderr)
+                naive_samples = 1 if name == "mnist-size-mlp" else 3
+                net_rows += networks.bench_network(name, server.url, 20, naive_samples, net_context)
         finally:
             server.stop()
-    report = {"header": header, "results": rows, "ratios": ratios(rows)}
-    (args.out / "linear.json").write_text(json.dumps(report, indent=2))
-    text = (
-        "\n".join(f"- {k}: {v}" for k, v in header.items())
-        + "\n\n"
-        + table(rows)
-        + "\n\n"
-        + "\n".join(f"- {line}" for line in report["ratios"])
-    )
-    (args.out / "linear.md").write_text(text + "\n")
+        services = networks.Services.build(networks.ServerConfig.from_env(keys_dir=Path(tmp) / "floor"))
+        floors = {}
+        for name in names:
+            costs = networks.op_costs(services, name)
+            plan = services.registry.get(name).plan.plan()
+            floors[name] = {
+                "single_ms": networks.op_floor(plan["single"]["ops"], costs),
+                "batch_seal_ms": networks.op_floor(plan["batch"]["ops"], costs),
+                "op_ms": costs,
+            }
+    report = {
+        "header": header,
+        "results": rows,
+        "ratios": ratios(rows),
+        "networks": net_rows,
+        "network_ratios": network_ratios(net_rows, floors),
+        "op_floor": floors,
+    }
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    text = "\n".join(f"- {k}: {v}" for k, v in header.items())
+    text += "\n\nLinear models:\n\n" + table(rows) + "\n\n" + "\n".join(f"- {line}" for line in report["ratios"])
+    text += "\n\nNetworks:\n\n" + table(net_rows) + "\n\n"
+    text += "\n".join(f"- {line}" for line in report["network_ratios"])
+    (args.out / "results.md").write_text(text + "\n")
     print(text)
     return 0
 

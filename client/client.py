@@ -307,8 +307,8 @@ class RemoteModel:
             raise InputError(f"model {self.name!r} accepts layouts {sorted(self.spec.layouts)}, not {layout!r}")
         x = postprocess.preprocess(x, self._preprocess)
         secret = self.secret_context
-        scale = 2.0**self.spec.input_scale_bits
         spec = self.spec.layouts[layout]
+        scale = 2.0 ** spec.input_scale_bits(self.spec.input_scale_bits)
         requests_: list[EncryptedRequest] = []
         if layout == SINGLE:
             rows_per_request = max(1, SINGLE_CIPHERTEXTS_PER_REQUEST // spec.ciphertexts_per_row)

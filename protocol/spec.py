@@ -37,6 +37,10 @@ class LayoutSpec:
     method: str = ""
     packing: dict | None = None  # networks' single layout: see server.network.PackedLayout
     seeded: bool = True  # False: send full ciphertexts, uncompressed (the server reads their coefficients)
+    scale_bits: int | None = None  # input scale of this layout, when it differs from the model's
+
+    def input_scale_bits(self, default: int) -> int:
+        return self.scale_bits if self.scale_bits is not None else default
 
     @property
     def ciphertexts_per_row(self) -> int:
@@ -56,6 +60,8 @@ class LayoutSpec:
         if self.packing:
             data["packing"] = dict(self.packing)
         data["seeded"] = self.seeded
+        if self.scale_bits is not None:
+            data["scale_bits"] = self.scale_bits
         return data
 
 
@@ -109,6 +115,7 @@ class EncryptionSpec:
                     method=str(entry.get("method", "")),
                     packing=dict(entry["packing"]) if entry.get("packing") else None,
                     seeded=bool(entry.get("seeded", True)),
+                    scale_bits=int(entry["scale_bits"]) if entry.get("scale_bits") is not None else None,
                 )
             if not layouts:
                 raise SpecError("the model offers no layout this SDK understands")

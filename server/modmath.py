@@ -31,6 +31,19 @@ def mulmod_scalar(a: np.ndarray, b: int, q: int) -> np.ndarray:
     return r.astype(np.uint64)
 
 
+def mulmod_vector(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    """(a * b) mod q elementwise for uint64 a, b < q < 2^50."""
+    if q >= 1 << 50:
+        raise ValueError("moduli above 50 bits are not supported here")
+    af, bf = a.astype(np.float64), b.astype(np.float64)
+    estimate = np.floor(af * bf * (1.0 / q)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        r = (a * b - estimate * np.uint64(q)).view(np.int64)
+    r = np.where(r < 0, r + q, r)
+    r = np.where(r >= q, r - q, r)
+    return r.astype(np.uint64)
+
+
 def _limbs(values: np.ndarray, bits: int, count: int) -> list[np.ndarray]:
     """Split non-negative float64 integers into `count` limbs of `bits` bits (exact float arithmetic)."""
     out, rest, base = [], values, float(1 << bits)

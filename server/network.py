@@ -1,9 +1,11 @@
 """Compiled plans for shallow networks (dense -> x*(x+beta) -> dense, or one dense layer) on CKKS.
 
-Parameters: N=8192, data primes [q0 45 bits, q_w2 25, q_act 30, q_w1 25] and a 60-bit
-special prime (185 bits <= 218). Inputs come at scale 2^30; each dense layer's weights
-are encoded at the scale of the prime that is rescaled away right after it, so every
-rescale brings the scale back to ~2^30 and the output is read at level q0.
+Parameters: N=8192, three 45-bit data primes [q0, qa, qb] and a 60-bit special prime
+(195 bits <= 218). Inputs come at scale 2^28, weights at 2^a and 2^b (chosen per model
+so that the integer weights fit the modular matrix products below), and nothing is
+rescaled until the end: 2*(28+a)+b bits of scale fit the 135-bit level-0 modulus, and
+two rescales (dropping qb and qa) bring the outputs down to ~2^30 under q0. Fewer
+primes than one-per-layer means smaller ciphertexts and cheaper key switching.
 
 Single layout ("packed", no input rotation, no masking): the client sends m ciphertexts
 in which slot j = (t, c, k) — block t of B = H*s slots, hidden index c < H, stride index
@@ -14,9 +16,11 @@ Layer 2 multiplies slot (c, k) by W2[k, c] and rotates-and-sums over c (steps s,
 every slot then holds output k, and slots with k >= n_out hold zero. No slot of the
 result carries a partial sum, so nothing but the outputs is readable.
 
-Batch layout: ciphertext i holds feature i of up to N/2 rows. Layer 1 is a modular
-matrix product on the ciphertexts' coefficients (server.modmath) instead of n_out*n_in
-SEAL calls; the activation and layer 2 use SEAL.
+Batch layout: ciphertext i holds feature i of up to N/2 rows. The whole network runs on
+the ciphertexts' NTT coefficients with numpy: layer 1 and layer 2 as modular matrix
+products (server.modmath), the activation as coefficient-wise products of ciphertext
+pairs (a ciphertext product is pointwise in NTT form). SEAL is called only at the end,
+to relinearize and rescale each output: n_out key switches for the whole batch.
 """
 
 from __future__ import annotations
@@ -32,14 +36,21 @@ from protocol.params import CKKSParams, galois_element
 from protocol.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
 
 from .engine import EvaluationError, SealRuntime
-from .modmath import ModularDense
+from .modmath import ModularDense, mulmod_vector
 
-NETWORK_PARAMS = CKKSParams(8192, (45, 25, 30, 25, 60))
-INPUT_SCALE_BITS = 30
+NETWORK_PARAMS = CKKSParams(8192, (45, 45, 45, 60))
+LEVEL0_BITS, LEVEL1_BITS = 135, 90
+# The single layout encodes weights as slot vectors, whose rounding error is ~sqrt(N)/scale per
+# slot (a constant, as in the batch layout, rounds one coefficient only), so it uses its own,
+# larger weight scales and a smaller input scale.
+SINGLE_INPUT_BITS, SINGLE_W1_BITS, SINGLE_W2_MAX_BITS = 24, 25, 30
+# Integer weights of at most this many bits keep each limb product of server.modmath exact with
+# two 23-bit limbs of a 45-bit coefficient (23 + 19 + log2(1024) = 52).
+WEIGHT_BITS_LAYER1, WEIGHT_BITS_LAYER2 = 19, 20
 MAX_SINGLE_CIPHERTEXTS = 64
-# Server milliseconds on this machine (N=8192): a rotation at level 1 and at level 3, and one more
+# Server milliseconds on this machine (N=8192): a rotation at level 0 and at level 1, and one more
 # input ciphertext (load a seeded ciphertext, multiply, add). The packing minimizes their sum.
-ROTATION_COST_TOP, ROTATION_COST_LOW, CIPHERTEXT_COST = 3.0, 0.8, 3.0
+ROTATION_COST_TOP, ROTATION_COST_LOW, CIPHERTEXT_COST = 3.5, 2.5, 3.0
 
 
 def _pow2(n: int) -> int:
@@ -73,6 +84,12 @@ def choose_packed_layout(n_in: int, n_hidden: int, n_out: int | None, slots: int
     return best[1]
 
 
+def _scale_bits(weights: np.ndarray, target_bits: int) -> int:
+    """Scale exponent that makes round(weights * 2^bits) fit target_bits bits (sign aside)."""
+    largest = float(np.max(np.abs(weights))) or 1.0
+    return int(np.clip(target_bits - 1 - math.ceil(math.log2(largest)), 10, 30))
+
+
 class NetworkPlan:
     """dense1 [-> act -> dense2], compiled for both layouts."""
 
@@ -91,26 +108,52 @@ class NetworkPlan:
         self.n_features = self.W1.shape[1]
         self.n_hidden = self.W1.shape[0]
         self.n_outputs = self.W2.shape[0] if self.two_layers else self.n_hidden
-        context = runtime.context
-        data = context.first_context_data()
+        data = runtime.context.first_context_data()
         self.levels, self.moduli = [], []
         while data is not None:
             self.levels.append(data.parms_id())
             self.moduli.append([m.value() for m in data.parms().coeff_modulus()])
             data = data.next_context_data()
-        top = self.moduli[0]  # [q0, q_w2, q_act, q_w1]
-        self.q_w1, self.q_act = float(top[-1]), float(top[-2])
-        self.q_w2 = float(top[-3]) if self.two_layers else None
-        self.input_scale = 2.0**INPUT_SCALE_BITS
-        self.hidden_scale = self.input_scale  # rescaled by q_w1 after multiplying at scale q_w1
-        self.act_scale = self.hidden_scale**2 / self.q_act
-        self.output_level = 3 if self.two_layers else 1
+        q0, qa, qb = self.moduli[0]
         bound = float(layers[-1].get("output_bound", 1.0))
-        out_scale = self.act_scale if self.two_layers else self.hidden_scale
-        if bound * out_scale * 2 >= top[0]:
-            raise ValueError(f"outputs up to {bound:g} do not fit the {top[0].bit_length()}-bit last prime")
-        self.layout = choose_packed_layout(self.n_features, self.n_hidden, self.n_outputs if self.two_layers else None,
-                                           runtime.slots)
+        w1_bits = _scale_bits(self.W1, WEIGHT_BITS_LAYER1)
+        self.w1_scale = 2.0**w1_bits
+        # The input scale fills what the weights leave of the level-0 modulus, so that the output
+        # lands near 2^(135 - 90 - log2(bound)) under q0, well above the noise.
+        top = LEVEL0_BITS - math.ceil(math.log2(max(bound, 1.0))) - 3
+        if self.two_layers:
+            w2_bits = _scale_bits(self.W2, WEIGHT_BITS_LAYER2)
+            self.w2_scale = 2.0**w2_bits
+            self.input_scale_bits = int(min(40, (top - w2_bits) // 2 - w1_bits))
+        else:
+            self.input_scale_bits = int(min(40, top - w1_bits))
+        self.input_scale = 2.0**self.input_scale_bits
+        self.hidden_scale = self.input_scale * self.w1_scale  # level 0, never rescaled before the activation
+        if self.two_layers:
+            self.product_scale = self.hidden_scale**2 * self.w2_scale  # batch: layer-2 output before rescaling
+            top_bits = math.log2(self.product_scale) + math.log2(bound) + 2
+            if top_bits > math.log2(q0) + math.log2(qa) + math.log2(qb):
+                raise ValueError(f"scales need {top_bits:.0f} bits, more than the 135-bit modulus")
+            self.output_scale = self.product_scale / (qb * qa)
+            self.output_level = 2
+        else:
+            self.output_scale = self.hidden_scale / qb
+            self.output_level = 1
+        if bound * self.output_scale * 2 >= q0:
+            raise ValueError(f"outputs up to {bound:g} do not fit the {q0.bit_length()}-bit last prime")
+        self.layout = choose_packed_layout(
+            self.n_features, self.n_hidden, self.n_outputs if self.two_layers else None, runtime.slots
+        )
+        self._seal_version = seal_raw.seal_version()
+        self.single_input_scale = 2.0**SINGLE_INPUT_BITS
+        self.single_w1_scale = 2.0**SINGLE_W1_BITS
+        self.single_hidden_scale = self.single_input_scale * self.single_w1_scale
+        if self.two_layers:
+            act_bits = 2 * (SINGLE_INPUT_BITS + SINGLE_W1_BITS) - qb.bit_length()
+            room = LEVEL1_BITS - act_bits - math.ceil(math.log2(max(bound, 1.0))) - 2
+            if room < 16:
+                raise ValueError("the single layout has no room for layer-2 weights at this output bound")
+            self.single_w2_scale = 2.0 ** min(SINGLE_W2_MAX_BITS, room)
         self._compile_single()
         self._compile_batch()
 
@@ -130,31 +173,38 @@ class NetworkPlan:
         W1 = np.zeros((lay.hidden, self.n_features + 1))
         W1[: self.n_hidden, : self.n_features] = self.W1
         safe_feature = np.where(feature < self.n_features, feature, self.n_features)  # points at a zero column
-        self._single_w1 = [self._encode(W1[hidden, safe_feature[mu]], self.q_w1, 0)
-                           for mu in range(lay.ciphertexts)]
+        self._single_w1 = [
+            self._encode(W1[hidden, safe_feature[mu]], self.single_w1_scale, 0) for mu in range(lay.ciphertexts)
+        ]
         b1 = np.zeros(lay.hidden)
         b1[: self.n_hidden] = self.b1
-        self._single_b1 = self._encode(b1[hidden], self.hidden_scale, 1)
+        self._single_b1 = self._encode(b1[hidden], self.single_hidden_scale, 0)
         self.single_steps = lay.rotation_steps(self.two_layers)
         if self.two_layers:
-            self._beta_plain = self._encode(self.beta, self.hidden_scale, 1)
+            self._beta_plain = self._encode(self.beta, self.single_hidden_scale, 0)
+            act_scale = self.single_hidden_scale**2 / self.moduli[0][2]  # after relinearizing and dropping qb
             k = lay.stride_index(slots)
             W2 = np.zeros((lay.stride, lay.hidden))
             W2[: self.n_outputs, : self.n_hidden] = self.W2
-            self._single_w2 = self._encode(W2[k, hidden], self.q_w2, 2)
+            self._single_w2 = self._encode(W2[k, hidden], self.single_w2_scale, 1)
             b2 = np.zeros(lay.stride)
             b2[: self.n_outputs] = self.b2
-            self._single_b2 = self._encode(b2[k], self.act_scale, 3)
+            self._single_b2 = self._encode(b2[k], act_scale * self.single_w2_scale, 1)
 
     def _compile_batch(self) -> None:
-        self._dense1 = ModularDense(np.round(self.W1 * self.q_w1), self.moduli[0])
-        self._b1_int = [round(float(b) * self.input_scale * self.q_w1) for b in self.b1]
-        self._seal_version = seal_raw.seal_version()
+        moduli = self.moduli[0]
+        self._dense1 = ModularDense(np.round(self.W1 * self.w1_scale), moduli)
+        self._b1_residues = self._constant_residues(self.b1, self.hidden_scale, moduli)
         if self.two_layers:
-            self._w2_consts: dict[float, sealapi.Plaintext] = {}
-            # Constant plaintexts at level 2 are 2 primes x N x 8 bytes; keep up to 256 MB of them.
-            self._w2_cache_limit = (256 << 20) // (2 * self.runtime.params.poly_modulus_degree * 8)
-            self._b2_plains = [self._encode(float(b), self.act_scale * self.q_w2, 2) for b in self.b2]
+            self._beta_residues = self._constant_residues(np.array([self.beta]), self.hidden_scale, moduli)
+            self._dense2 = ModularDense(np.round(self.W2 * self.w2_scale), moduli)
+            self._b2_residues = self._constant_residues(self.b2, self.product_scale, moduli)
+
+    @staticmethod
+    def _constant_residues(values: np.ndarray, scale: float, moduli: list[int]) -> np.ndarray:
+        """round(v * scale) mod q for each value and prime: a constant polynomial in NTT form."""
+        ints = [round(float(v) * scale) for v in values]
+        return np.array([[i % q for q in moduli] for i in ints], dtype=np.uint64)  # (values, primes)
 
     # --- description -------------------------------------------------------------------------
     def spec(self) -> EncryptionSpec:
@@ -162,13 +212,19 @@ class NetworkPlan:
         depth = 3 if self.two_layers else 1
         return EncryptionSpec(
             ckks=self.runtime.params,
-            input_scale_bits=INPUT_SCALE_BITS,
+            input_scale_bits=self.input_scale_bits,
             n_features=self.n_features,
             n_outputs=self.n_outputs,
             relin_keys_needed=self.two_layers,
             layouts={
-                SINGLE: LayoutSpec(SINGLE, capacity=1, rotation_steps=self.single_steps, method="packed",
-                                   packing=self.layout.to_json()),
+                SINGLE: LayoutSpec(
+                    SINGLE,
+                    capacity=1,
+                    rotation_steps=self.single_steps,
+                    method="packed",
+                    packing=self.layout.to_json(),
+                    scale_bits=SINGLE_INPUT_BITS,
+                ),
                 BATCH: LayoutSpec(BATCH, capacity=slots, method="modular-matmul", seeded=False),
             },
             extra={"multiplicative_depth": depth, "plan": self.plan()},
@@ -177,32 +233,43 @@ class NetworkPlan:
     def plan(self) -> dict:
         lay, n = self.layout, self.runtime.params.poly_modulus_degree
         rot = list(self.single_steps)
+        first = len(lay.rotation_steps(False))
         single_ops = [
             {"op": "multiply_plain", "count": lay.ciphertexts, "level": 0},
-            {"op": "add", "count": lay.ciphertexts - 1, "level": 0},
-            {"op": "rescale", "count": 1, "level": 0},
-            {"op": "rotate", "count": len(lay.rotation_steps(False)), "level": 1},
+            {"op": "add", "count": lay.ciphertexts - 1 + first + 1, "level": 0},
+            {"op": "rotate", "count": first, "level": 0},
         ]
-        batch_ops = [{"op": "modular_matmul", "shape": [self.n_hidden, self.n_features], "level": 0},
-                     {"op": "rescale", "count": self.n_hidden, "level": 0}]
+        batch_ops = [{"op": "modular_matmul", "shape": [self.n_hidden, self.n_features], "level": 0}]
         if self.two_layers:
             single_ops += [
-                {"op": "multiply_relinearize", "count": 1, "level": 1}, {"op": "rescale", "count": 1, "level": 1},
-                {"op": "multiply_plain", "count": 1, "level": 2},
-                {"op": "rescale", "count": 1, "level": 2},
-                {"op": "rotate", "count": int(math.log2(lay.hidden)), "level": 3},
+                {"op": "multiply_relinearize", "count": 1, "level": 0},
+                {"op": "rescale", "count": 1, "level": 0},
+                {"op": "multiply_plain", "count": 1, "level": 1},
+                {"op": "rotate", "count": len(rot) - first, "level": 1},
+                {"op": "add", "count": len(rot) - first + 1, "level": 1},
+                {"op": "rescale", "count": 1, "level": 1},
             ]
             batch_ops += [
-                {"op": "multiply_relinearize", "count": self.n_hidden, "level": 1},
-                {"op": "rescale", "count": self.n_hidden, "level": 1},
-                {"op": "multiply_plain", "count": self.n_outputs * self.n_hidden, "level": 2},
-                {"op": "add", "count": self.n_outputs * self.n_hidden, "level": 2},
-                {"op": "rescale", "count": self.n_outputs, "level": 2},
+                {"op": "coefficientwise_product", "count": self.n_hidden, "level": 0},
+                {"op": "modular_matmul", "shape": [self.n_outputs, self.n_hidden], "level": 0},
+                {"op": "relinearize", "count": self.n_outputs, "level": 0},
+                {"op": "rescale", "count": self.n_outputs, "level": 0},
+                {"op": "rescale", "count": self.n_outputs, "level": 1},
             ]
+        else:
+            single_ops.append({"op": "rescale", "count": 1, "level": 0})
+            batch_ops.append({"op": "rescale", "count": self.n_hidden, "level": 0})
         return {
             "layers": ["dense", "x*(x+beta)", "dense"] if self.two_layers else ["dense"],
             "shape": [self.n_features, self.n_hidden] + ([self.n_outputs] if self.two_layers else []),
-            "coeff_modulus": [list(map(int, m)) for m in self.moduli[:1]],
+            "coeff_modulus": [int(q) for q in self.moduli[0]],
+            "scales_log2": {
+                "single_input": SINGLE_INPUT_BITS,
+                "input": self.input_scale_bits,
+                "layer1_weights": math.log2(self.w1_scale),
+                **({"layer2_weights": math.log2(self.w2_scale)} if self.two_layers else {}),
+                "output": round(math.log2(self.output_scale), 3),
+            },
             "rotation_steps": rot,
             "galois_elements": [galois_element(s, n) for s in rot],
             "single": {"packing": lay.to_json(), "ops": single_ops},
@@ -214,34 +281,26 @@ class NetworkPlan:
             return []
         return [galois_element(s, self.runtime.params.poly_modulus_degree) for s in self.single_steps]
 
-    # --- evaluation --------------------------------------------------------------------------
+    # --- single layout -----------------------------------------------------------------------
+    @property
+    def single_ciphertexts(self) -> int:
+        return self.layout.ciphertexts
+
     def check_input(self, ct: sealapi.Ciphertext, what: str) -> None:
+        """A single-layout input ciphertext (batch inputs are checked by parse_batch_input)."""
         if ct.size() != 2 or not ct.is_ntt_form():
             raise EvaluationError(f"{what} is not a fresh ciphertext")
         if ct.parms_id() != self.levels[0]:
             raise EvaluationError(f"{what} is not at the first data level of the model's parameters")
-        if not math.isclose(ct.scale, self.input_scale, rel_tol=1e-9):
-            raise EvaluationError(f"{what} has scale 2^{math.log2(ct.scale):.2f}, expected 2^{INPUT_SCALE_BITS}")
+        if not math.isclose(ct.scale, self.single_input_scale, rel_tol=1e-9):
+            raise EvaluationError(f"{what} has scale 2^{math.log2(ct.scale):.2f}, expected 2^{SINGLE_INPUT_BITS}")
 
-    def _activation_and_layer2_single(self, acc, keys) -> sealapi.Ciphertext:
+    def _rotate_and_sum(self, acc: sealapi.Ciphertext, steps, galois) -> None:
         ev = self.runtime.evaluator
-        shifted = sealapi.Ciphertext()
-        ev.add_plain(acc, self._beta_plain, shifted)
-        ev.multiply_inplace(acc, shifted)
-        ev.relinearize_inplace(acc, keys.relin)
-        ev.rescale_to_next_inplace(acc)
-        ev.multiply_plain_inplace(acc, self._single_w2)
-        ev.rescale_to_next_inplace(acc)  # the rotations below then run on the last prime alone
-        for step in self.layout.rotation_steps(True)[len(self.layout.rotation_steps(False)):]:
+        for step in steps:
             rotated = sealapi.Ciphertext()
-            ev.rotate_vector(acc, step, keys.galois, rotated)
+            ev.rotate_vector(acc, step, galois, rotated)
             ev.add_inplace(acc, rotated)
-        ev.add_plain_inplace(acc, self._single_b2)
-        return acc
-
-    @property
-    def single_ciphertexts(self) -> int:
-        return self.layout.ciphertexts
 
     def evaluate_single(self, cts: list[sealapi.Ciphertext], keys) -> sealapi.Ciphertext:
         ev = self.runtime.evaluator
@@ -255,17 +314,24 @@ class NetworkPlan:
                 acc = term
             else:
                 ev.add_inplace(acc, term)
-        # Rescale first: rotations commute with it and cost less with one prime fewer.
-        ev.rescale_to_next_inplace(acc)
-        for step in self.layout.rotation_steps(False):
-            rotated = sealapi.Ciphertext()
-            ev.rotate_vector(acc, step, keys.galois, rotated)
-            ev.add_inplace(acc, rotated)
+        first = self.layout.rotation_steps(False)
+        self._rotate_and_sum(acc, first, keys.galois)
         ev.add_plain_inplace(acc, self._single_b1)
         if not self.two_layers:
+            ev.rescale_to_next_inplace(acc)
             return acc
-        return self._activation_and_layer2_single(acc, keys)
+        shifted = sealapi.Ciphertext()
+        ev.add_plain(acc, self._beta_plain, shifted)
+        ev.multiply_inplace(acc, shifted)
+        ev.relinearize_inplace(acc, keys.relin)
+        ev.rescale_to_next_inplace(acc)  # layer 2 and its rotations then run on two primes
+        ev.multiply_plain_inplace(acc, self._single_w2)
+        self._rotate_and_sum(acc, self.single_steps[len(first) :], keys.galois)
+        ev.add_plain_inplace(acc, self._single_b2)
+        ev.rescale_to_next_inplace(acc)
+        return acc
 
+    # --- batch layout ------------------------------------------------------------------------
     def parse_batch_input(self, blob: bytes, what: str) -> seal_raw.RawCiphertext:
         try:
             raw = seal_raw.parse(blob, self.runtime.params.poly_modulus_degree, self.moduli[0], what)
@@ -274,69 +340,55 @@ class NetworkPlan:
         if list(raw.parms_id) != list(self.levels[0]):
             raise EvaluationError(f"{what} is not at the first data level of the model's parameters")
         if not math.isclose(raw.scale, self.input_scale, rel_tol=1e-9):
-            raise EvaluationError(f"{what} has scale 2^{math.log2(raw.scale):.2f}, expected 2^{INPUT_SCALE_BITS}")
+            raise EvaluationError(f"{what} has scale 2^{math.log2(raw.scale):.2f}, expected 2^{self.input_scale_bits}")
         return raw
 
-    def _layer1_batch(self, inputs: list[seal_raw.RawCiphertext]) -> list[sealapi.Ciphertext]:
-        n = self.runtime.params.poly_modulus_degree
-        moduli = self.moduli[0]
-        out = np.empty((self.n_hidden, 2, len(moduli), n), dtype=np.uint64)
-        for prime, q in enumerate(moduli):
-            limbs = self._dense1.gather(prime, [raw.data[:, prime, :] for raw in inputs])
-            if limbs is None:
-                raise EvaluationError("ciphertext coefficients lie outside their modulus")
-            out[:, :, prime, :] = self._dense1.apply(prime, limbs).reshape(self.n_hidden, 2, n)
-            # The bias is a constant polynomial: in NTT form, the same value in every coefficient of c0.
-            bias = np.asarray([b % q for b in self._b1_int], dtype=np.uint64).reshape(-1, 1)
-            c0 = out[:, 0, prime, :]
-            c0 += bias
-            np.subtract(c0, np.uint64(q), out=c0, where=c0 >= q)
-        scale = self.input_scale * self.q_w1
-        return [seal_io.load(sealapi.Ciphertext, self.runtime.context,
-                             seal_raw.build(self.levels[0], scale, out[c], self._seal_version), "hidden")
-                for c in range(self.n_hidden)]
+    def _add_constant(self, c0: np.ndarray, residues: np.ndarray, prime: int, q: int) -> None:
+        """c0 (rows, N) += residues[:, prime] per row, mod q (a constant polynomial in NTT form)."""
+        c0 += residues[:, prime].reshape(-1, 1)
+        np.subtract(c0, np.uint64(q), out=c0, where=c0 >= q)
 
     def evaluate_batch(self, inputs: list[seal_raw.RawCiphertext], rows: int, keys) -> list[sealapi.Ciphertext]:
         if len(inputs) != self.n_features:
             raise EvaluationError(f"batch layout needs {self.n_features} ciphertexts per chunk, got {len(inputs)}")
+        n = self.runtime.params.poly_modulus_degree
+        moduli = self.moduli[0]
+        size = 3 if self.two_layers else 2
+        width = self.n_outputs
+        out = np.empty((width, size, len(moduli), n), dtype=np.uint64)
+        for prime, q in enumerate(moduli):
+            limbs = self._dense1.gather(prime, [raw.data[:, prime, :] for raw in inputs])
+            if limbs is None:
+                raise EvaluationError("ciphertext coefficients lie outside their modulus")
+            h = self._dense1.apply(prime, limbs).reshape(self.n_hidden, 2, n)
+            self._add_constant(h[:, 0], self._b1_residues, prime, q)
+            if not self.two_layers:
+                out[:, :, prime, :] = h
+                continue
+            shifted0 = h[:, 0].copy()
+            self._add_constant(shifted0, np.broadcast_to(self._beta_residues, (self.n_hidden, len(moduli))), prime, q)
+            # (h0, h1) x (h0 + beta, h1): a ciphertext product is coefficient-wise in NTT form.
+            z = np.empty((self.n_hidden, 3, n), dtype=np.uint64)
+            z[:, 0] = mulmod_vector(h[:, 0], shifted0, q)
+            cross = mulmod_vector(h[:, 0], h[:, 1], q) + mulmod_vector(h[:, 1], shifted0, q)
+            z[:, 1] = np.where(cross >= q, cross - np.uint64(q), cross)
+            z[:, 2] = mulmod_vector(h[:, 1], h[:, 1], q)
+            y = self._dense2.apply(prime, self._dense2.gather(prime, list(z))).reshape(width, 3, n)
+            self._add_constant(y[:, 0], self._b2_residues, prime, q)
+            out[:, :, prime, :] = y
+        scale = self.product_scale if self.two_layers else self.hidden_scale
         ev = self.runtime.evaluator
-        hidden = self._layer1_batch(inputs)
-        for ct in hidden:
+        results = []
+        for k in range(width):
+            ct = seal_io.load(
+                sealapi.Ciphertext,
+                self.runtime.context,
+                seal_raw.build(self.levels[0], scale, out[k], self._seal_version),
+                "output",
+            )
+            if self.two_layers:
+                ev.relinearize_inplace(ct, keys.relin)
+                ev.rescale_to_next_inplace(ct)
             ev.rescale_to_next_inplace(ct)
-        if not self.two_layers:
-            return hidden
-        # Relinearization is linear, so it is deferred past layer 2: n_outputs key switches
-        # instead of n_hidden, with layer 2 working on 3-polynomial ciphertexts meanwhile.
-        for ct in hidden:
-            shifted = sealapi.Ciphertext()
-            ev.add_plain(ct, self._beta_plain, shifted)
-            ev.multiply_inplace(ct, shifted)
-            ev.rescale_to_next_inplace(ct)
-        outputs = []
-        for k in range(self.n_outputs):
-            acc = None
-            for c, ct in enumerate(hidden):
-                w = float(self.W2[k, c])
-                if w == 0.0:
-                    continue
-                term = sealapi.Ciphertext()
-                ev.multiply_plain(ct, self._w2_constant(w), term)
-                if acc is None:
-                    acc = term
-                else:
-                    ev.add_inplace(acc, term)
-            if acc is None:
-                raise EvaluationError("an output with all-zero weights cannot be evaluated")
-            ev.add_plain_inplace(acc, self._b2_plains[k])
-            ev.relinearize_inplace(acc, keys.relin)
-            ev.rescale_to_next_inplace(acc)
-            outputs.append(acc)
-        return outputs
-
-    def _w2_constant(self, w: float) -> sealapi.Plaintext:
-        plain = self._w2_consts.get(w)
-        if plain is None:
-            plain = self._encode(w, self.q_w2, 2)
-            if len(self._w2_consts) < self._w2_cache_limit:
-                self._w2_consts[w] = plain
-        return plain
+            results.append(ct)
+        return results

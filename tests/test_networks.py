@@ -101,7 +101,7 @@ def test_plan_is_published(client):
     plan = encryption["plan"]
     assert plan["shape"] == [784, 128, 10]
     assert plan["rotation_steps"] == encryption["rotation_steps"]
-    assert {op["op"] for op in plan["batch"]["ops"]} >= {"modular_matmul", "multiply_relinearize"}
+    assert {op["op"] for op in plan["batch"]["ops"]} >= {"modular_matmul", "coefficientwise_product", "relinearize"}
     assert encryption["layouts"]["batch"]["galois_keys_needed"] is False
 
 
