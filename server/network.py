@@ -26,6 +26,7 @@ to relinearize and rescale each output: n_out key switches for the whole batch.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tenseal.sealapi as sealapi
@@ -235,6 +236,7 @@ class NetworkPlan:
         rot = list(self.single_steps)
         first = len(lay.rotation_steps(False))
         single_ops = [
+            {"op": "load_seeded_ciphertext", "count": lay.ciphertexts, "level": 0},
             {"op": "multiply_plain", "count": lay.ciphertexts, "level": 0},
             {"op": "add", "count": lay.ciphertexts - 1 + first + 1, "level": 0},
             {"op": "rotate", "count": first, "level": 0},
@@ -348,38 +350,49 @@ class NetworkPlan:
         c0 += residues[:, prime].reshape(-1, 1)
         np.subtract(c0, np.uint64(q), out=c0, where=c0 >= q)
 
+    def _batch_prime(self, inputs: list[seal_raw.RawCiphertext], prime: int, out: np.ndarray) -> bool:
+        """The whole network on one RNS prime's coefficients; writes out[:, :, prime, :]."""
+        n = self.runtime.params.poly_modulus_degree
+        q = self.moduli[0][prime]
+        limbs = self._dense1.gather(prime, [raw.data[:, prime, :] for raw in inputs])
+        if limbs is None:
+            return False
+        h = self._dense1.apply(prime, limbs).reshape(self.n_hidden, 2, n)
+        self._add_constant(h[:, 0], self._b1_residues, prime, q)
+        if not self.two_layers:
+            out[:, :, prime, :] = h
+            return True
+        shifted0 = h[:, 0].copy()
+        beta = np.broadcast_to(self._beta_residues, (self.n_hidden, len(self.moduli[0])))
+        self._add_constant(shifted0, beta, prime, q)
+        # (h0, h1) x (h0 + beta, h1): a ciphertext product is coefficient-wise in NTT form.
+        z = np.empty((self.n_hidden, 3, n), dtype=np.uint64)
+        z[:, 0] = mulmod_vector(h[:, 0], shifted0, q)
+        cross = mulmod_vector(h[:, 0], h[:, 1], q) + mulmod_vector(h[:, 1], shifted0, q)
+        z[:, 1] = np.where(cross >= q, cross - np.uint64(q), cross)
+        z[:, 2] = mulmod_vector(h[:, 1], h[:, 1], q)
+        y = self._dense2.apply(prime, self._dense2.gather(prime, list(z))).reshape(self.n_outputs, 3, n)
+        self._add_constant(y[:, 0], self._b2_residues, prime, q)
+        out[:, :, prime, :] = y
+        return True
+
     def evaluate_batch(self, inputs: list[seal_raw.RawCiphertext], rows: int, keys) -> list[sealapi.Ciphertext]:
         if len(inputs) != self.n_features:
             raise EvaluationError(f"batch layout needs {self.n_features} ciphertexts per chunk, got {len(inputs)}")
         n = self.runtime.params.poly_modulus_degree
         moduli = self.moduli[0]
         size = 3 if self.two_layers else 2
-        width = self.n_outputs
-        out = np.empty((width, size, len(moduli), n), dtype=np.uint64)
-        for prime, q in enumerate(moduli):
-            limbs = self._dense1.gather(prime, [raw.data[:, prime, :] for raw in inputs])
-            if limbs is None:
-                raise EvaluationError("ciphertext coefficients lie outside their modulus")
-            h = self._dense1.apply(prime, limbs).reshape(self.n_hidden, 2, n)
-            self._add_constant(h[:, 0], self._b1_residues, prime, q)
-            if not self.two_layers:
-                out[:, :, prime, :] = h
-                continue
-            shifted0 = h[:, 0].copy()
-            self._add_constant(shifted0, np.broadcast_to(self._beta_residues, (self.n_hidden, len(moduli))), prime, q)
-            # (h0, h1) x (h0 + beta, h1): a ciphertext product is coefficient-wise in NTT form.
-            z = np.empty((self.n_hidden, 3, n), dtype=np.uint64)
-            z[:, 0] = mulmod_vector(h[:, 0], shifted0, q)
-            cross = mulmod_vector(h[:, 0], h[:, 1], q) + mulmod_vector(h[:, 1], shifted0, q)
-            z[:, 1] = np.where(cross >= q, cross - np.uint64(q), cross)
-            z[:, 2] = mulmod_vector(h[:, 1], h[:, 1], q)
-            y = self._dense2.apply(prime, self._dense2.gather(prime, list(z))).reshape(width, 3, n)
-            self._add_constant(y[:, 0], self._b2_residues, prime, q)
-            out[:, :, prime, :] = y
+        out = np.empty((self.n_outputs, size, len(moduli), n), dtype=np.uint64)
+        # Primes are independent until the end; numpy and BLAS release the GIL, so two threads
+        # overlap one prime's element-wise passes with another's matrix products.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            valid = list(pool.map(lambda prime: self._batch_prime(inputs, prime, out), range(len(moduli))))
+        if not all(valid):
+            raise EvaluationError("ciphertext coefficients lie outside their modulus")
         scale = self.product_scale if self.two_layers else self.hidden_scale
         ev = self.runtime.evaluator
         results = []
-        for k in range(width):
+        for k in range(self.n_outputs):
             ct = seal_io.load(
                 sealapi.Ciphertext,
                 self.runtime.context,
