@@ -121,7 +121,7 @@ def main() -> int:
             net_rows = []
             for name in names:
                 print(f"benchmarking {name} ...", file=sys.stderr)
-                naive_samples = 1 if name == "mnist-size-mlp" else 3
+                naive_samples = 1 if name == "mnist-size-mlp" else 5
                 net_rows += networks.bench_network(name, server.url, 20, naive_samples, net_context)
         finally:
             server.stop()

@@ -180,3 +180,32 @@ def test_sklearn_models_export_through_the_same_path(tmp_path):
     assert np.allclose(proba, multinomial.predict_proba(rows), atol=1e-4)
     assert np.max(np.abs(remote.model("digits-ridge").predict(rows) - ridge.predict(rows))) < 1e-3
     assert np.max(np.abs(remote.model("two-targets").predict(rows[:, :10]) - ols.predict(rows[:, :10]))) < 1e-3
+
+
+def test_network_batch_refuses_bad_ciphertexts(server):
+    spec = model_spec(server.url, "digits-mlp")
+    secret = SecretContext.generate(spec.ckks)
+    body, header_length = secret.evaluation_key_request(spec.rotation_steps, relin_keys=True)
+    import requests
+
+    from protocol import v2
+
+    key_id = requests.post(
+        f"{server.url}/v2/keys", data=body, timeout=60, headers={v2.HEADER_LENGTH: str(header_length)}
+    ).json()["key_id"]
+    good = secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits, seeded=False)
+    path = "/v2/models/digits-mlp/infer"
+    cases = [
+        (secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits), "seeded"),
+        (secret.encrypt(np.zeros(8), 2.0 ** (spec.input_scale_bits - 2), seeded=False), "scale"),
+        (good[:-8], "not a SEAL object"),
+        (np.random.default_rng(0).bytes(len(good)), "not a SEAL object"),
+        (good[:16] + b"\xff" * (len(good) - 16), ""),
+    ]
+    for blob, fragment in cases:
+        blobs = [good] * 63 + [blob]
+        response = post_binary(server.url, path, infer_message(blobs, key_id, "batch", [1, 64], 5))
+        assert response.status_code == 400, response.text[:200]
+        assert fragment in response.json()["error"]
+    ok = post_binary(server.url, path, infer_message([good] * 64, key_id, "batch", [1, 64], 5))
+    assert ok.status_code == 200

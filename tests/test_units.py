@@ -97,3 +97,44 @@ def test_scales_fit_the_data_prime():
         assert x_bits >= 20 and w_bits >= 16
     with pytest.raises(ValueError):
         choose_scales(2.0**40, 1.0)
+
+
+@pytest.mark.parametrize("q", [33292289, 1073692673, 35184371613697])
+@pytest.mark.parametrize("weight_bits", [8, 20, 30])
+def test_modular_dense_is_exact(q, weight_bits):
+    from server.modmath import ModularDense, mulmod_vector
+
+    rng = np.random.default_rng(weight_bits)
+    W = rng.integers(-(2**weight_bits), 2**weight_bits, size=(4, 300)).astype(np.float64)
+    rows = [rng.integers(0, q, size=(2, 16), dtype=np.uint64) for _ in range(300)]
+    dense = ModularDense(W, [q])
+    got = dense.apply(0, dense.gather(0, rows))
+    C = np.stack([r.reshape(-1) for r in rows])
+    expected = [[sum(int(W[i, k]) * int(C[k, j]) for k in range(300)) % q for j in range(32)] for i in range(4)]
+    assert got.tolist() == expected
+    rows[7][1, 3] = q  # a coefficient outside its modulus is caught where it is read
+    assert dense.gather(0, rows) is None
+    a, b = rng.integers(0, q, 1000, dtype=np.uint64), rng.integers(0, q, 1000, dtype=np.uint64)
+    assert mulmod_vector(a, b, q).tolist() == [int(x) * int(y) % q for x, y in zip(a, b, strict=True)]
+
+
+def test_raw_ciphertext_round_trip_through_seal():
+    import tenseal.sealapi as sealapi
+
+    from client.keys import SecretContext
+    from protocol import seal_io, seal_raw
+
+    params = CKKSParams(8192, (45, 45, 45, 60))
+    secret = SecretContext.generate(params)
+    moduli = [m.value() for m in secret._context.first_context_data().parms().coeff_modulus()]
+    blob = secret.encrypt(np.arange(10) * 0.5, 2.0**30, seeded=False)
+    raw = seal_raw.parse(blob, 8192, moduli, "x")
+    assert raw.scale == 2.0**30 and list(raw.parms_id) == list(secret._context.first_parms_id())
+    doubled = (raw.data * np.uint64(2)) % np.asarray(moduli, dtype=np.uint64).reshape(1, -1, 1)
+    rebuilt = seal_raw.build(raw.parms_id, raw.scale, doubled, seal_raw.seal_version())
+    seal_io.load(sealapi.Ciphertext, secret._context, rebuilt, "rebuilt")
+    assert np.allclose(secret.decrypt(rebuilt)[:10], np.arange(10) * 1.0, atol=1e-4)
+    with pytest.raises(seal_raw.RawCiphertextError, match="seeded or of other parameters"):
+        seal_raw.parse(secret.encrypt(np.zeros(4), 2.0**30), 8192, moduli, "x")
+    with pytest.raises(seal_raw.RawCiphertextError):
+        seal_raw.parse(blob[:100], 8192, moduli, "x")
