@@ -77,7 +77,8 @@ def _pack_bytes_elements(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + bytes(e) for e in elements)
 
 
-def _unpack_bytes_elements(raw: memoryview, count: int, where: str) -> list[bytes]:
+def _unpack_bytes_elements(raw: memoryview, count: int, where: str) -> list[memoryview]:
+    """Views into the body, not copies: a batch request can carry hundreds of MB of ciphertexts."""
     elements = []
     offset = 0
     for index in range(count):
@@ -87,7 +88,7 @@ def _unpack_bytes_elements(raw: memoryview, count: int, where: str) -> list[byte
         offset += 4
         if offset + length > len(raw):
             raise ProtocolError(f"{where}: BYTES element {index} is truncated")
-        elements.append(bytes(raw[offset : offset + length]))
+        elements.append(raw[offset : offset + length])
         offset += length
     if offset != len(raw):
         raise ProtocolError(f"{where}: {len(raw) - offset} bytes left over after {count} elements")

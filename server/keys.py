@@ -29,7 +29,7 @@ def _pack(parts: dict[str, bytes]) -> bytes:
     out = []
     for name in ("galois_keys", "relin_keys"):
         data = parts.get(name, b"")
-        out.append(struct.pack("<Q", len(data)) + data)
+        out += [struct.pack("<Q", len(data)), data]
     return b"".join(out)
 
 

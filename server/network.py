@@ -52,6 +52,19 @@ MAX_SINGLE_CIPHERTEXTS = 64
 # Server milliseconds on this machine (N=8192): a rotation at level 0 and at level 1, and one more
 # input ciphertext (load a seeded ciphertext, multiply, add). The packing minimizes their sum.
 ROTATION_COST_TOP, ROTATION_COST_LOW, CIPHERTEXT_COST = 3.5, 2.5, 3.0
+# Per-operation costs (ms) behind the plan's estimate, measured with `python -m benchmarks`.
+OP_COST_MS = {
+    ("load_seeded_ciphertext", 0): 2.3,
+    ("multiply_plain", 0): 0.35,
+    ("add", 0): 0.1,
+    ("rotate", 0): 4.0,
+    ("multiply_relinearize", 0): 6.0,
+    ("rescale", 0): 1.2,
+    ("multiply_plain", 1): 0.25,
+    ("add", 1): 0.08,
+    ("rotate", 1): 2.5,
+    ("rescale", 1): 0.8,
+}
 
 
 def _pow2(n: int) -> int:
@@ -274,7 +287,13 @@ class NetworkPlan:
             },
             "rotation_steps": rot,
             "galois_elements": [galois_element(s, n) for s in rot],
-            "single": {"packing": lay.to_json(), "ops": single_ops},
+            "single": {
+                "packing": lay.to_json(),
+                "ops": single_ops,
+                "estimated_ms": round(
+                    sum(OP_COST_MS.get((o["op"], o["level"]), 0.0) * o["count"] for o in single_ops), 1
+                ),
+            },
             "batch": {"ops": batch_ops},
         }
 

@@ -165,6 +165,8 @@ def test_sklearn_models_export_through_the_same_path(tmp_path):
     ridge = Ridge(alpha=1.0).fit(x_train, y_train.astype(float))
     sklearn_to_artifact(ridge, tmp_path / "digits-ridge", "digits-ridge", x_sample=x_train)
     ols = LinearRegression().fit(x_train[:, :10], np.column_stack([y_train, y_train * 2.0]))
+    binary = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, y_train % 2)
+    sklearn_to_artifact(binary, tmp_path / "digits-odd", "digits-odd", x_sample=x_train, class_names=["even", "odd"])
     sklearn_to_artifact(ols, tmp_path / "two-targets", "two-targets", x_sample=x_train[:, :10])
     with pytest.raises(ExportError, match="not supported"):
         from sklearn.tree import DecisionTreeClassifier
@@ -180,6 +182,9 @@ def test_sklearn_models_export_through_the_same_path(tmp_path):
     assert np.allclose(proba, multinomial.predict_proba(rows), atol=1e-4)
     assert np.max(np.abs(remote.model("digits-ridge").predict(rows) - ridge.predict(rows))) < 1e-3
     assert np.max(np.abs(remote.model("two-targets").predict(rows[:, :10]) - ols.predict(rows[:, :10]))) < 1e-3
+    odd = remote.model("digits-odd")
+    assert np.array_equal(odd.predict(x_test[:50], layout="batch"), binary.predict(x_test[:50]))
+    assert np.allclose(odd.predict_proba(rows, layout="single"), binary.predict_proba(rows), atol=1e-4)
 
 
 def test_network_batch_refuses_bad_ciphertexts(server):
