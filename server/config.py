@@ -23,7 +23,7 @@ class ServerConfig:
     models_dir: Path = REPO_ROOT / "models"
     keys_dir: Path = field(default_factory=_default_keys_dir)
     key_ttl_seconds: float = 3600.0
-    max_body_bytes: int = 512 * 1024 * 1024  # one batch chunk of a 784-input network is ~411 MB
+    max_body_bytes: int = 512 * 1024 * 1024  # one batch chunk of a 784-input network is ~308 MB
     key_cache_bytes: int = 256 * 1024 * 1024
     allow_plaintext: bool = True
     max_single_rows: int = 256
