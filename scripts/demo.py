@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from client import Client  # noqa: E402
 from models import artifact  # noqa: E402
+from models.nets import digits_split  # noqa: E402
 from models.recipes import RECIPES, breast_cancer_split  # noqa: E402
 
 
@@ -124,7 +125,15 @@ def main() -> int:
                 f"labels agree with plaintext on {agree:.0%}, accuracy {np.mean(batch == y_test):.1%}"
             )
             model.delete_key()
-            print("server-side evaluation keys erased.")
+            print("server-side evaluation keys erased.\n")
+            _, digits, _, digit_labels = digits_split()
+            network = client.model("digits-mlp")
+            t = time.perf_counter()
+            predicted = network.predict(digits[:8], layout="single")
+            t_net = time.perf_counter() - t
+            print(f"digits-mlp (64-32-x^2-10, N=8192), 8 images one by one, encrypted: {predicted.tolist()} "
+                  f"(truth {digit_labels[:8].tolist()}) in {t_net * 1e3:.0f} ms with key registration")
+            network.delete_key()
         return 0
     finally:
         server.send_signal(signal.SIGTERM)
