@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keys-dir", type=Path, default=defaults.keys_dir)
     parser.add_argument("--key-ttl", type=float, default=defaults.key_ttl_seconds, help="seconds")
     parser.add_argument("--no-plaintext", action="store_true", help="refuse plaintext inference requests")
+    parser.add_argument(
+        "--api-keys-file",
+        type=Path,
+        default=defaults.api_keys_file,
+        help="lines of 'tenant key' or 'tenant sha256:<hex>'; enables authentication",
+    )
     return parser.parse_args(argv)
 
 
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         keys_dir=args.keys_dir.resolve(),
         key_ttl_seconds=args.key_ttl,
         allow_plaintext=False if args.no_plaintext else None,
+        api_keys_file=args.api_keys_file.resolve() if args.api_keys_file else None,
     )
     env = dict(os.environ)
     env.update(
@@ -51,10 +58,15 @@ def main(argv: list[str] | None = None) -> None:
             ENV_PREFIX + "ALLOW_PLAINTEXT": "true" if config.allow_plaintext else "false",
         }
     )
+    if config.api_keys_file:
+        env[ENV_PREFIX + "API_KEYS_FILE"] = str(config.api_keys_file)
     # Fail here, with a readable message, rather than in every worker.
     from .models import load_registry
 
     load_registry(config.models_dir)
+    from .auth import APIKeys
+
+    APIKeys.load(config.api_keys_file, config.api_keys)
     conf = Path(__file__).with_name("gunicorn_conf.py")
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root

@@ -29,6 +29,9 @@ class ServerConfig:
     max_single_rows: int = 256
     timeout_seconds: int = 60
     log_level: str = "info"
+    api_keys_file: Path | None = None
+    api_keys: str = ""  # inline "tenant:key,tenant:key" (prefer the file)
+    auth_exempt_health: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> ServerConfig:
@@ -56,8 +59,8 @@ def _coerce(name: str, current: object, raw: str) -> object:
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{ENV_PREFIX}{name.upper()} must be true or false, got {raw!r}")
-    if isinstance(current, Path):
-        return Path(raw)
+    if isinstance(current, Path) or name.endswith("_file"):
+        return Path(raw) if raw else None
     try:
         return type(current)(raw)
     except ValueError:

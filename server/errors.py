@@ -47,7 +47,10 @@ def _body(message: str, status: int):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def api_error(exc: APIError):
-        return _body(exc.message, exc.status)
+        response = _body(exc.message, exc.status)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="heserve"'
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -105,8 +105,10 @@ def _infer_encrypted(
         _require_relin(model, eval_keys, key_id)
         outputs = []
         for row in range(rows):
-            cts = [_load_ciphertext(runtime.context, blob, f"ciphertext [{row}, {j}]", plan)
-                   for j, blob in enumerate(tensor.data[row * per_row : (row + 1) * per_row])]
+            cts = [
+                _load_ciphertext(runtime.context, blob, f"ciphertext [{row}, {j}]", plan)
+                for j, blob in enumerate(tensor.data[row * per_row : (row + 1) * per_row])
+            ]
             outputs.append(seal_io.dump(_evaluate(lambda c=cts: plan.evaluate_single(c, eval_keys))))
         shape = [len(outputs)]
         out_params = {"layout": SINGLE, "rows": len(outputs)}
@@ -126,11 +128,15 @@ def _infer_encrypted(
             chunk_rows = min(capacity, rows - chunk * capacity)
             blobs = tensor.data[chunk * plan.n_features : (chunk + 1) * plan.n_features]
             if plan.batch_reads_coefficients:
-                cts = [_evaluate(lambda b=blob, w=f"ciphertext [{chunk}, {j}]": plan.parse_batch_input(b, w))
-                       for j, blob in enumerate(blobs)]
+                cts = [
+                    _evaluate(lambda b=blob, w=f"ciphertext [{chunk}, {j}]": plan.parse_batch_input(b, w))
+                    for j, blob in enumerate(blobs)
+                ]
             else:
-                cts = [_load_ciphertext(runtime.context, blob, f"ciphertext [{chunk}, {j}]", plan)
-                       for j, blob in enumerate(blobs)]
+                cts = [
+                    _load_ciphertext(runtime.context, blob, f"ciphertext [{chunk}, {j}]", plan)
+                    for j, blob in enumerate(blobs)
+                ]
             results = _evaluate(lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r, eval_keys))
             outputs.extend(seal_io.dump(ct) for ct in results)
         shape = [chunks, plan.n_outputs]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from protocol import v2
 
@@ -41,7 +41,16 @@ def model_or_404(name: str, version: str | None = None):
 
 
 def owner() -> str:
-    return ""
+    """The tenant of the current request (set by `authenticate`)."""
+    return g.get("tenant", "")
+
+
+@bp.before_app_request
+def authenticate() -> None:
+    svc = services()
+    if svc.config.auth_exempt_health and request.path.startswith("/v2/health/"):
+        return
+    g.tenant = svc.api_keys.tenant(request.headers.get("Authorization"))
 
 
 @bp.get("/v2/health/live")
