@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask
 
+from . import audit
 from .config import ServerConfig
 from .errors import register_error_handlers
 from .routes import bp
@@ -19,6 +20,7 @@ def create_app(config: ServerConfig | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["heserve"] = Services.build(config)
     register_error_handlers(app)
+    audit.install(app)
     app.register_blueprint(bp)
     logging.getLogger("heserve").setLevel(config.log_level.upper())
     return app

@@ -6,14 +6,14 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from protocol import v2
 
-from . import __version__
+from . import __version__, privacy
 from .errors import BadRequest, NotFound
 from .inference import infer
 from .services import Services
 
 bp = Blueprint("v2", __name__)
 
-EXTENSIONS = ["binary_tensor_data", "ckks_encrypted_inference", "evaluation_key_registry"]
+EXTENSIONS = ["binary_tensor_data", "ckks_encrypted_inference", "evaluation_key_registry", "privacy_report"]
 
 
 def services() -> Services:
@@ -113,6 +113,11 @@ def model_infer(name: str, version: str | None = None):
     response = Response(body, mimetype=v2.BINARY_CONTENT_TYPE)
     response.headers[v2.HEADER_LENGTH] = str(length)
     return response
+
+
+@bp.get("/v2/privacy")
+def privacy_report():
+    return jsonify(privacy.report(services()))
 
 
 @bp.post("/v2/keys")

@@ -181,3 +181,47 @@ def test_registered_keys_survive_a_restart(tmp_path):
         assert response.status_code == 200
     finally:
         second.stop()
+
+
+def test_privacy_report_states_live_settings(short_ttl_server):
+    report = requests.get(f"{short_ttl_server.url}/v2/privacy", timeout=10).json()
+    assert report["live_settings"]["key_ttl_seconds"] == 2
+    assert report["stored"][0]["retention_seconds"] == 2
+    assert "DELETE /v2/keys/{key_id}" in report["stored"][0]["erasure"]
+    assert all(m["security_level_bits"] == 128 for m in report["security"]["models"].values())
+    assert any("secret keys" in item for item in report["never_stored"])
+
+
+def test_every_response_has_a_request_id_and_an_audit_line_without_payload(server):
+    import json as _json
+
+    with Client(server.url) as client:
+        client.model("diabetes-linreg").predict(np.zeros((2, 10)))
+    response = requests.get(f"{server.url}/v2/models/nope", headers={"X-Request-ID": "trace-42"}, timeout=10)
+    assert response.status_code == 404 and response.headers["X-Request-ID"] == "trace-42"
+    generated = requests.get(f"{server.url}/v2/health/live", timeout=10).headers["X-Request-ID"]
+    assert len(generated) == 32
+    bad = requests.get(f"{server.url}/v2", headers={"X-Request-ID": "no spaces allowed"}, timeout=10)
+    assert bad.headers["X-Request-ID"] != "no spaces allowed"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "trace-42" not in server.log():
+        time.sleep(0.1)
+    lines = [_json.loads(line) for line in server.log().splitlines() if line.startswith('{"')]
+    entry = next(line for line in lines if line["request_id"] == "trace-42")
+    assert entry["status"] == 404 and entry["model"] == "nope" and entry["route"] == "/v2/models/<name>"
+    assert set(entry) == {
+        "ts",
+        "event",
+        "request_id",
+        "tenant",
+        "method",
+        "route",
+        "model",
+        "key_id",
+        "status",
+        "bytes_in",
+        "bytes_out",
+        "duration_ms",
+    }
+    infers = [line for line in lines if line["route"] == "/v2/models/<name>/infer" and line["status"] == 200]
+    assert infers and all(line["bytes_in"] > 0 for line in infers)

@@ -1,0 +1,69 @@
+"""The privacy report served at GET /v2/privacy, written for a data-protection officer."""
+
+from __future__ import annotations
+
+from .services import Services
+
+
+def report(svc: Services) -> dict:
+    config = svc.config
+    models = {
+        name: {
+            "scheme": "CKKS",
+            "ckks": model.spec.ckks.to_json(),
+            "security_level_bits": 128,
+            "multiplicative_depth": model.spec.to_json().get("multiplicative_depth", 1),
+        }
+        for name, model in sorted(svc.registry.models.items())
+    }
+    return {
+        "summary": (
+            "Inputs and predictions are encrypted on the client under CKKS with a secret key that never "
+            "leaves it. This server computes on ciphertexts only, cannot decrypt them, and keeps nothing "
+            "about a request but public evaluation keys (for a limited time) and an audit line without payload."
+        ),
+        "processed": [
+            "ciphertexts of input features (encrypted on the client; never decrypted here)",
+            "public evaluation keys: Galois keys for the rotations a model needs, relinearization keys",
+        ],
+        "stored": [
+            {
+                "what": "public evaluation keys and their metadata (parameters, creation and expiry, owner tenant)",
+                "where": "the key store on this server's disk (directory mode 0700)",
+                "retention_seconds": config.key_ttl_seconds,
+                "erasure": "DELETE /v2/keys/{key_id} erases it at once from disk and from every worker; "
+                "it is also erased when its time to live passes",
+            },
+            {
+                "what": "audit lines: time, request id, tenant, method, route, model, key id, status, sizes, duration",
+                "where": "the server's log stream (stderr), retained as the operator's log policy says",
+                "retention_seconds": None,
+                "erasure": "by the operator's log rotation",
+            },
+        ],
+        "never_stored": [
+            "input features, in clear or encrypted: ciphertexts live in memory for one request only",
+            "predictions, in clear or encrypted",
+            "secret keys: the server refuses any registration that carries one",
+            "decrypted values: no endpoint accepts them (sharing CKKS decryptions enables key recovery, "
+            "Li and Micciancio, EUROCRYPT 2021)",
+        ],
+        "security": {
+            "standard": "Homomorphic Encryption Standard, 128-bit classical security (coefficient modulus at most "
+            "109/218/438/881 bits for N = 4096/8192/16384/32768); weaker parameters are refused",
+            "models": models,
+            "result_ciphertexts": "carry only the model's outputs: every other slot is zero or holds an output",
+        },
+        "live_settings": {
+            "key_ttl_seconds": config.key_ttl_seconds,
+            "plaintext_inference_enabled": config.allow_plaintext,
+            "authentication_required": svc.api_keys.enabled,
+            "registered_keys": svc.keys.store.count(),
+        },
+        "legal_basis_notes": (
+            "Data minimisation and storage limitation (GDPR art. 5(1)(c),(e); Morocco law 09-08 art. 3; CCPA "
+            "§1798.100(c)) follow from the above: no personal data is processed in the clear or kept. The "
+            "right to erasure (GDPR art. 17; law 09-08 art. 8; CCPA §1798.105) applies to the evaluation keys, "
+            "the only stored item linked to a client, through DELETE /v2/keys/{key_id}."
+        ),
+    }
