@@ -22,12 +22,13 @@ class ServerConfig:
     workers: int = 0  # 0: one per core
     models_dir: Path = REPO_ROOT / "models"
     keys_dir: Path = field(default_factory=_default_keys_dir)
-    key_ttl_seconds: float = 3600.0
+    key_ttl_seconds: float = 900.0  # short by default: keys are re-registered in one call
     max_body_bytes: int = 512 * 1024 * 1024  # one batch chunk of a 784-input network is ~308 MB
     key_cache_bytes: int = 256 * 1024 * 1024
     allow_plaintext: bool = True
     max_single_rows: int = 256
     timeout_seconds: int = 60
+    read_timeout_seconds: float = 20.0  # a request body that stalls longer gets 408
     log_level: str = "info"
     api_keys_file: Path | None = None
     api_keys: str = ""  # inline "tenant:key,tenant:key" (prefer the file)

@@ -50,11 +50,16 @@ def register_error_handlers(app: Flask) -> None:
         response = _body(exc.message, exc.status)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="heserve"'
+        if exc.status == 408:
+            response.headers["Connection"] = "close"  # the rest of the body may still arrive
         return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return _body(exc.description or exc.name, exc.code or 500)
+        response = _body(exc.description or exc.name, exc.code or 500)
+        if exc.code == 413:
+            response.headers["Connection"] = "close"  # the body was not read
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

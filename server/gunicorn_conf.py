@@ -1,15 +1,18 @@
 """gunicorn settings for the encrypted inference server.
 
-One synchronous worker process per core: SEAL's evaluator is CPU bound and holds the
-GIL through its Python binding, so threads inside a worker would only queue.
-Values come from HESERVE_* environment variables set by `python -m server`.
+One worker process per core: SEAL's evaluator is CPU bound and holds the GIL through its
+Python binding, so compute does not run in parallel inside a worker. The workers are
+threaded all the same (gthread, 4 threads) so that a client that stalls while sending
+occupies one thread, not the whole worker, and never makes the master kill it for a missed
+heartbeat. Values come from HESERVE_* environment variables set by `python -m server`.
 """
 
 import os
 
 bind = f"{os.environ.get('HESERVE_HOST', '127.0.0.1')}:{os.environ.get('HESERVE_PORT', '8000')}"
 workers = int(os.environ.get("HESERVE_WORKERS", "0")) or (os.cpu_count() or 1)
-worker_class = "sync"
+worker_class = "gthread"
+threads = int(os.environ.get("HESERVE_THREADS", "4"))
 timeout = int(os.environ.get("HESERVE_TIMEOUT_SECONDS", "60"))
 graceful_timeout = 20
 keepalive = 5

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import ClientDisconnected
 
 from protocol import v2
 
 from . import __version__, privacy
-from .errors import BadRequest, NotFound
+from .errors import APIError, BadRequest, NotFound
 from .inference import infer
 from .services import Services
 
@@ -18,6 +21,22 @@ EXTENSIONS = ["binary_tensor_data", "ckks_encrypted_inference", "evaluation_key_
 
 def services() -> Services:
     return current_app.extensions["heserve"]
+
+
+def read_body() -> bytes:
+    """The request body, read under the configured timeout (408 for a client that stalls)."""
+    timeout = services().config.read_timeout_seconds
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(timeout)
+    started = time.monotonic()
+    try:
+        return request.get_data(cache=False)
+    except (OSError, ClientDisconnected):
+        # gunicorn's reader reports a socket timeout as an early end of the body: tell them apart by time.
+        if time.monotonic() - started >= 0.9 * timeout:
+            raise APIError(f"request body not received within {timeout:g} s", 408) from None
+        raise BadRequest("the client disconnected before sending the whole body") from None
 
 
 def header_length() -> int | None:
@@ -102,7 +121,7 @@ def model_infer(name: str, version: str | None = None):
     body, length = infer(
         model,
         svc.keys,
-        request.get_data(cache=False),
+        read_body(),
         header_length(),
         svc.config.allow_plaintext,
         svc.config.max_single_rows,
@@ -122,7 +141,7 @@ def privacy_report():
 
 @bp.post("/v2/keys")
 def register_keys():
-    record = services().keys.register(request.get_data(cache=False), header_length(), owner())
+    record = services().keys.register(read_body(), header_length(), owner())
     return jsonify(record.public_view()), 201
 
 

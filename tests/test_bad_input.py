@@ -173,7 +173,13 @@ def test_body_over_limit_is_refused_before_reading(server):
             f"{v2.HEADER_LENGTH}: 2\r\n\r\n"
         )
         sock.sendall(request.encode())
-        answer = sock.recv(4096).decode()
+        answer = b""
+        while b'"error"' not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        answer = answer.decode()
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
     assert '{"error":' in answer
 
@@ -237,3 +243,37 @@ def test_workers_survive_everything(server, keyed):
         assert response.status_code == 200
     assert server.worker_pids() == pids
     assert "Traceback" not in server.log() and " 500 " not in server.log()
+
+
+def test_a_stalled_body_gets_408_and_the_worker_keeps_serving(tmp_path):
+    import socket
+    import time
+
+    from .serverproc import start_server
+
+    slow = start_server(tmp_path, workers=1, read_timeout_seconds="1")
+    try:
+        pids = slow.worker_pids()
+        host, port = slow.url.rsplit("/", 1)[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v2/keys HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                + f"{v2.HEADER_LENGTH}: 2\r\n\r\n".encode()
+                + b"0123456789"
+            )
+            started = time.monotonic()
+            # While this client stalls, the same worker answers others.
+            assert requests.get(f"{slow.url}/v2/health/ready", timeout=5).status_code == 200
+            answer = b""
+            while b'"error"' not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            answer = answer.decode()
+        assert answer.startswith("HTTP/1.1 408"), answer[:200]
+        assert '"error"' in answer and time.monotonic() - started < 5
+        assert requests.get(f"{slow.url}/v2/models", timeout=5).status_code == 200
+        assert slow.worker_pids() == pids
+    finally:
+        slow.stop()
