@@ -9,7 +9,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from protocol import v2
 
-from . import __version__, privacy
+from . import __version__, openapi, privacy
 from .errors import APIError, BadRequest, NotFound
 from .inference import infer
 from .services import Services
@@ -132,6 +132,11 @@ def model_infer(name: str, version: str | None = None):
     response = Response(body, mimetype=v2.BINARY_CONTENT_TYPE)
     response.headers[v2.HEADER_LENGTH] = str(length)
     return response
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return jsonify(openapi.document())
 
 
 @bp.get("/v2/privacy")
