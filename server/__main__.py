@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .config import ENV_PREFIX, ServerConfig
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     if config.api_keys_file:
         env[ENV_PREFIX + "API_KEYS_FILE"] = str(config.api_keys_file)
+    # Workers share their Prometheus samples through files in a directory of this server's own.
+    metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="heserve-metrics-")
+    for stale in Path(metrics_dir).glob("*.db"):
+        stale.unlink()
+    env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # Fail here, with a readable message, rather than in every worker.
     from .models import load_registry
 

@@ -11,6 +11,8 @@ import uuid
 
 from flask import Flask, g, request
 
+from . import metrics
+
 AUDIT_LOGGER = "heserve.audit"
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -41,6 +43,9 @@ def install(app: Flask) -> None:
         request_id = g.get("request_id") or uuid.uuid4().hex
         response.headers[REQUEST_ID_HEADER] = request_id
         view_args = request.view_args or {}
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        bytes_out = response.calculate_content_length() or 0
+        metrics.observe(route, request.method, response.status_code, request.content_length or 0, bytes_out)
         logger.info(
             {
                 "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -53,7 +58,7 @@ def install(app: Flask) -> None:
                 "key_id": view_args.get("key_id"),
                 "status": response.status_code,
                 "bytes_in": request.content_length or 0,
-                "bytes_out": response.calculate_content_length() or 0,
+                "bytes_out": bytes_out,
                 "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1e3, 2),
             }
         )

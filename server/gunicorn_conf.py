@@ -29,3 +29,11 @@ loglevel = os.environ.get("HESERVE_LOG_LEVEL", "info")
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 proc_name = "heserve"
 control_socket_disable = True  # several instances may share a machine
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges must not linger in the shared metrics directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -26,12 +26,15 @@ def infer(
     allow_plaintext: bool,
     max_single_rows: int,
     owner: str = "",
+    info: dict | None = None,
 ) -> tuple[bytes, int | None]:
     """Answer one V2 inference request; returns the response body and its JSON header length."""
     try:
         request = v2.decode(body, header_length, "inputs")
     except v2.ProtocolError as exc:
         raise BadRequest(str(exc)) from None
+    if info is not None:
+        info["layout"] = str(request.parameters.get("layout", "single")) if "key_id" in request.parameters else "plain"
     if "key_id" in request.parameters:
         response = _infer_encrypted(model, keys, request, max_single_rows, owner)
         binary = True

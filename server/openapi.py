@@ -115,5 +115,16 @@ def document() -> dict:
             },
             "/v2/privacy": {"get": {"responses": {"200": _json("privacy report"), **_errors(401)}}},
             "/openapi.json": {"get": {"responses": {"200": _json("this document"), **_errors(401)}}},
+            "/metrics": {
+                "get": {
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(401),
+                    }
+                }
+            },
         },
     }

@@ -9,7 +9,7 @@ from werkzeug.exceptions import ClientDisconnected
 
 from protocol import v2
 
-from . import __version__, openapi, privacy
+from . import __version__, metrics, openapi, privacy
 from .errors import APIError, BadRequest, NotFound
 from .inference import infer
 from .services import Services
@@ -118,6 +118,8 @@ def model_ready(name: str, version: str | None = None):
 def model_infer(name: str, version: str | None = None):
     model = model_or_404(name, version)
     svc = services()
+    info: dict = {}
+    started = time.perf_counter()
     body, length = infer(
         model,
         svc.keys,
@@ -126,12 +128,19 @@ def model_infer(name: str, version: str | None = None):
         svc.config.allow_plaintext,
         svc.config.max_single_rows,
         owner(),
+        info,
     )
+    metrics.INFERENCE.labels(model.name, info.get("layout", "")).observe(time.perf_counter() - started)
     if length is None:
         return Response(body, mimetype=v2.JSON_CONTENT_TYPE)
     response = Response(body, mimetype=v2.BINARY_CONTENT_TYPE)
     response.headers[v2.HEADER_LENGTH] = str(length)
     return response
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    return Response(metrics.exposition(services().keys.store), mimetype="text/plain; version=0.0.4")
 
 
 @bp.get("/openapi.json")

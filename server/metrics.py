@@ -1,0 +1,51 @@
+"""Prometheus metrics, correct across gunicorn workers (prometheus_client multiprocess mode).
+
+`python -m server` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers
+start; each worker writes its samples there and any worker serves the aggregate at /metrics.
+Without that variable (an app built in process) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+REQUESTS = Counter("heserve_requests", "HTTP requests by route and status", ["route", "method", "status"])
+BYTES_IN = Counter("heserve_request_bytes", "request body bytes received", ["route"])
+BYTES_OUT = Counter("heserve_response_bytes", "response body bytes sent", ["route"])
+INFERENCE = Histogram(
+    "heserve_inference_seconds",
+    "server time of successful inference requests",
+    ["model", "layout"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+class RegisteredKeys:
+    """Reads the key store at scrape time, so every worker reports the same number."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        yield GaugeMetricFamily(
+            "heserve_registered_keys", "evaluation keys currently registered", value=self.store.count()
+        )
+
+
+def observe(route: str, method: str, status: int, bytes_in: int, bytes_out: int) -> None:
+    REQUESTS.labels(route, method, str(status)).inc()
+    BYTES_IN.labels(route).inc(bytes_in)
+    BYTES_OUT.labels(route).inc(bytes_out)
+
+
+def exposition(store) -> bytes:
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    keys = CollectorRegistry()
+    keys.register(RegisteredKeys(store))
+    return generate_latest(registry) + generate_latest(keys)

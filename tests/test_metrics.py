@@ -1,0 +1,47 @@
+"""Prometheus metrics through a real two-worker gunicorn server: totals are right whichever worker answers."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import requests
+
+from client import Client
+
+
+def scrape(url: str) -> str:
+    response = requests.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    return response.text
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_counters_add_up_across_workers(server):
+    before = scrape(server.url)
+    for _ in range(20):
+        assert requests.get(f"{server.url}/v2/models/does-not-exist", timeout=10).status_code == 404
+    with Client(server.url) as client:
+        model = client.model("diabetes-linreg")
+        model.predict(np.zeros((1, 10)), layout="single")
+        model.predict(np.zeros((300, 10)), layout="batch")
+    texts = [scrape(server.url) for _ in range(4)]  # answered by both workers
+    for text in texts:
+        grown = value(text, "heserve_requests_total", route="/v2/models/<name>", status="404") - value(
+            before, "heserve_requests_total", route="/v2/models/<name>", status="404"
+        )
+        assert grown == 20
+        assert value(text, "heserve_inference_seconds_count", model="diabetes-linreg", layout="batch") >= 1
+        assert value(text, "heserve_inference_seconds_count", model="diabetes-linreg", layout="single") >= 1
+        assert value(text, "heserve_request_bytes_total", route="/v2/models/<name>/infer") > 0
+        assert value(text, "heserve_registered_keys") >= 1
+    assert not re.search(r"[0-9a-f]{32}", texts[0])  # no key ids (or anything client-specific) in labels
