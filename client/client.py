@@ -77,12 +77,21 @@ class Client:
     def _request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> Response:
-        try:
-            raw = self._http.request(method, self.url + path, body=body, headers={**self._headers, **(headers or {})})
-        except urllib3.exceptions.TimeoutError:
-            raise ConnectionFailedError(f"{method} {path}: no answer within {self.timeout} s") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None
+        # Reads, erasures and inferences change nothing on the server when repeated, so a connection
+        # that breaks mid-request (a worker restarted, a proxy recycled) is retried once; a key
+        # registration is not (it would register twice).
+        attempts = 1 if (method == "POST" and path == "/v2/keys") else 2
+        for attempt in range(attempts):
+            try:
+                raw = self._http.request(
+                    method, self.url + path, body=body, headers={**self._headers, **(headers or {})}
+                )
+                break
+            except urllib3.exceptions.TimeoutError:
+                raise ConnectionFailedError(f"{method} {path}: no answer within {self.timeout} s") from None
+            except urllib3.exceptions.HTTPError as exc:
+                if attempt + 1 == attempts or isinstance(exc, urllib3.exceptions.NewConnectionError):
+                    raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None
         response = Response(raw.status, dict(raw.headers), raw.data)
         if response.status >= 400:
             try:
@@ -162,9 +171,7 @@ class Client:
         x = np.asarray(x, dtype=np.float32)
         request = v2.Message([v2.Tensor("input", "FP32", list(x.shape), x)])
         body, _ = v2.encode(request, "inputs", binary=False)
-        response = self._request(
-            "POST", f"/v2/models/{model}/infer", body, {"Content-Type": v2.JSON_CONTENT_TYPE}
-        )
+        response = self._request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": v2.JSON_CONTENT_TYPE})
         answer = v2.decode(response.content, None, "outputs")
         return np.asarray(answer.tensors[0].data, dtype=np.float64)
 
@@ -314,8 +321,11 @@ class RemoteModel:
             rows_per_request = max(1, SINGLE_CIPHERTEXTS_PER_REQUEST // spec.ciphertexts_per_row)
             for start in range(0, x.shape[0], rows_per_request):
                 part = x[start : start + rows_per_request]
-                cts = [secret.encrypt(vector, scale) for row in part
-                       for vector in encoding.pack_single(row, spec, secret.slot_count)]
+                cts = [
+                    secret.encrypt(vector, scale)
+                    for row in part
+                    for vector in encoding.pack_single(row, spec, secret.slot_count)
+                ]
                 requests_.append(EncryptedRequest(SINGLE, len(part), [len(part), spec.ciphertexts_per_row], cts))
         else:
             capacity = min(spec.capacity, secret.slot_count)
