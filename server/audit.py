@@ -19,8 +19,20 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class JSONLineFormatter(logging.Formatter):
+    """One JSON object per line: audit records as they are, any other record as ts/level/logger/message."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(record.msg, separators=(",", ":"), sort_keys=True)
+        if isinstance(record.msg, dict):
+            return json.dumps(record.msg, separators=(",", ":"), sort_keys=True)
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(entry, separators=(",", ":"))
 
 
 def install(app: Flask) -> None:

@@ -28,6 +28,18 @@ loglevel = os.environ.get("HESERVE_LOG_LEVEL", "info")
 # Request line, status, size and duration only: no bodies, no query strings.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 proc_name = "heserve"
+# Every line on stderr is one JSON object: gunicorn's own, the server's, and the audit trail.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "server.audit.JSONLineFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+    },
+}
 control_socket_disable = True  # several instances may share a machine
 
 
