@@ -145,13 +145,20 @@ class Client:
 
     # --- inference -------------------------------------------------------------------------
     def infer_ciphertexts(
-        self, model: str, key_id: str, layout: str, ciphertexts: list[bytes], shape: list[int], rows: int
+        self,
+        model: str,
+        key_id: str,
+        layout: str,
+        ciphertexts: list[bytes],
+        shape: list[int],
+        rows: int,
+        bindings: list[str] | None = None,
     ) -> tuple[list[bytes], list[int]]:
-        """Send ciphertexts, get result ciphertexts and their shape back."""
-        request = v2.Message(
-            [v2.Tensor("ciphertext", "BYTES", shape, ciphertexts)],
-            parameters={"key_id": key_id, "layout": layout, "rows": rows},
-        )
+        """Send ciphertexts (with their key-binding tags, if given), get result ciphertexts and their shape back."""
+        parameters = {"key_id": key_id, "layout": layout, "rows": rows}
+        if bindings is not None:
+            parameters["bindings"] = bindings
+        request = v2.Message([v2.Tensor("ciphertext", "BYTES", shape, ciphertexts)], parameters=parameters)
         body, header_length = v2.encode(request, "inputs", binary=True)
         response = self._request(
             "POST",
@@ -189,6 +196,7 @@ class EncryptedRequest:
     rows: int
     shape: list[int]
     ciphertexts: list[bytes]
+    bindings: list[str] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -326,7 +334,11 @@ class RemoteModel:
                     for row in part
                     for vector in encoding.pack_single(row, spec, secret.slot_count)
                 ]
-                requests_.append(EncryptedRequest(SINGLE, len(part), [len(part), spec.ciphertexts_per_row], cts))
+                requests_.append(
+                    EncryptedRequest(
+                        SINGLE, len(part), [len(part), spec.ciphertexts_per_row], cts, [secret.bind(ct) for ct in cts]
+                    )
+                )
         else:
             capacity = min(spec.capacity, secret.slot_count)
             chunk_bytes = self.n_features_in_ * (secret.ciphertext_bytes(seeded=spec.seeded))
@@ -338,14 +350,18 @@ class RemoteModel:
                     columns = encoding.pack_batch(part[chunk_start : chunk_start + capacity], capacity)
                     cts.extend(secret.encrypt(column, scale, seeded=spec.seeded) for column in columns)
                 chunks = math.ceil(part.shape[0] / capacity)
-                requests_.append(EncryptedRequest(BATCH, part.shape[0], [chunks, self.n_features_in_], cts))
+                requests_.append(
+                    EncryptedRequest(
+                        BATCH, part.shape[0], [chunks, self.n_features_in_], cts, [secret.bind(ct) for ct in cts]
+                    )
+                )
         return requests_
 
     def send(self, request: EncryptedRequest) -> list[bytes]:
         """Send one encrypted request; returns the result ciphertexts (still encrypted)."""
         key_id = self.register()
         results, _ = self.client.infer_ciphertexts(
-            self.name, key_id, request.layout, request.ciphertexts, request.shape, request.rows
+            self.name, key_id, request.layout, request.ciphertexts, request.shape, request.rows, request.bindings
         )
         return results
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from protocol import seal_io, seal_raw, v2
+from protocol import binding, seal_io, seal_raw, v2
 from protocol.params import CKKSParams, galois_element
 
 from .errors import HEClientError, KeyFileError
@@ -25,8 +25,15 @@ class SecretContext:
     holds the secret key: protect it like a password) and reload it with `load(path)`.
     """
 
-    def __init__(self, params: CKKSParams, secret_key: sealapi.SecretKey, context: sealapi.SEALContext):
+    def __init__(
+        self,
+        params: CKKSParams,
+        secret_key: sealapi.SecretKey,
+        context: sealapi.SEALContext,
+        binding_key: bytes | None = None,
+    ):
         self.params = params
+        self.binding_key = binding_key or os.urandom(binding.BINDING_KEY_BYTES)
         self._context = context
         self._secret_key = secret_key
         self._keygen = sealapi.KeyGenerator(context, secret_key)
@@ -43,7 +50,7 @@ class SecretContext:
     # --- persistence (local only) ---------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the secret key to `path` with owner-only permissions."""
-        header = json.dumps(self.params.to_json()).encode()
+        header = json.dumps({**self.params.to_json(), "binding_key": self.binding_key.hex()}).encode()
         key = seal_io.dump(self._secret_key)
         data = KEY_FILE_MAGIC + struct.pack("<I", len(header)) + header + key
         path = Path(path)
@@ -63,15 +70,17 @@ class SecretContext:
         (length,) = struct.unpack_from("<I", data, offset)
         offset += 4
         try:
-            params = CKKSParams.from_json(json.loads(data[offset : offset + length]))
-        except ValueError as exc:
-            raise KeyFileError(f"{path}: bad parameters: {exc}") from None
+            header = json.loads(data[offset : offset + length])
+            params = CKKSParams.from_json(header)
+            binding_key = bytes.fromhex(header["binding_key"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyFileError(f"{path}: bad header: {exc}") from None
         context = params.seal_context()
         try:
             secret_key = seal_io.load(sealapi.SecretKey, context, data[offset + length :], "secret key")
         except seal_io.SealDecodeError as exc:
             raise KeyFileError(f"{path}: {exc}") from None
-        return cls(params, secret_key, context)
+        return cls(params, secret_key, context, binding_key)
 
     # --- public evaluation material ---------------------------------------------------------
     def evaluation_key_request(
@@ -86,7 +95,7 @@ class SecretContext:
             tensors.append(v2.Tensor("galois_keys", "BYTES", [1], [galois]))
         if relin_keys:
             tensors.append(v2.Tensor("relin_keys", "BYTES", [1], [seal_io.dump(self._keygen.create_relin_keys())]))
-        message = v2.Message(tensors, parameters={"ckks": self.params.to_json()})
+        message = v2.Message(tensors, parameters={"ckks": self.params.to_json(), "binding_key": self.binding_key.hex()})
         body, header_length = v2.encode(message, "inputs", binary=True)
         return body, header_length
 
@@ -107,6 +116,10 @@ class SecretContext:
         ct = sealapi.Ciphertext()
         self._encryptor.encrypt_symmetric(plain, ct)
         return seal_raw.to_uncompressed(seal_io.dump(ct))
+
+    def bind(self, ciphertext: bytes) -> str:
+        """The tag that tells the server this ciphertext was made with this context's key."""
+        return binding.tag(self.binding_key, ciphertext)
 
     def ciphertext_bytes(self, seeded: bool = True) -> int:
         """Approximate size of one fresh ciphertext on the wire."""

@@ -22,8 +22,14 @@ class PackedLayout:
     blocks: int  # G
 
     def to_json(self) -> dict:
-        return {"ciphertexts": self.ciphertexts, "block": self.block, "hidden": self.hidden,
-                "stride": self.stride, "group": self.group, "blocks": self.blocks}
+        return {
+            "ciphertexts": self.ciphertexts,
+            "block": self.block,
+            "hidden": self.hidden,
+            "stride": self.stride,
+            "group": self.group,
+            "blocks": self.blocks,
+        }
 
     def rotation_steps(self, two_layers: bool) -> tuple[int, ...]:
         steps = [1 << i for i in range(int(math.log2(self.group)))]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from protocol import seal_io, v2
+from protocol import binding, seal_io, v2
 from protocol.spec import BATCH, LAYOUTS, SINGLE
 
 from .engine import EvaluationError
@@ -86,6 +86,7 @@ def _infer_encrypted(
         raise BadRequest(f"an encrypted request carries one BYTES tensor of ciphertexts ({CIPHERTEXT!r})")
     tensor = request.tensors[0]
     eval_keys = keys.evaluation_keys(key_id, owner)
+    _check_bindings(params.get("bindings"), tensor.data, eval_keys.record.binding_key, key_id)
     if eval_keys.record.params != model.spec.ckks.to_json():
         raise BadRequest(f"key {key_id!r} was registered for other CKKS parameters than model {model.name!r} uses")
     plan = model.plan
@@ -145,6 +146,23 @@ def _infer_encrypted(
         shape = [chunks, plan.n_outputs]
         out_params = {"layout": BATCH, "rows": rows}
     return v2.Message([v2.Tensor(CIPHERTEXT, "BYTES", shape, outputs)], parameters=out_params)
+
+
+def _check_bindings(bindings: object, ciphertexts: list, binding_key: str, key_id: str) -> None:
+    """Tags are optional for raw V2 clients; when sent, each must match the key's binding key."""
+    if bindings is None:
+        return
+    if not isinstance(bindings, list) or len(bindings) != len(ciphertexts):
+        raise BadRequest(f"parameter 'bindings' must list one tag per ciphertext ({len(ciphertexts)})")
+    if not binding_key:
+        raise BadRequest(f"key {key_id!r} was registered without a binding key; send no 'bindings'")
+    secret = bytes.fromhex(binding_key)
+    for index, (blob, presented) in enumerate(zip(ciphertexts, bindings, strict=True)):
+        if not binding.verify(secret, blob, presented):
+            raise BadRequest(
+                f"ciphertext {index} was not made with the secret context that registered key {key_id!r} "
+                "(mixed-up keys or a corrupted ciphertext)"
+            )
 
 
 def _require_relin(model: ServedModel, eval_keys, key_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -84,7 +85,10 @@ class KeyService:
         galois, relin = self._deserialize(parts, runtime.context)
         elements = self._known_elements(galois, params)
         material = _pack(parts)
-        record = self.store.put(material, params.to_json(), elements, relin is not None, owner)
+        binding_key = message.parameters.get("binding_key", "")
+        if not isinstance(binding_key, str) or (binding_key and not re.fullmatch(r"[0-9a-f]{64}", binding_key)):
+            raise BadRequest("parameter 'binding_key' must be 64 lowercase hex digits")
+        record = self.store.put(material, params.to_json(), elements, relin is not None, owner, binding_key)
         self.cache.put(record.key_id, (galois, relin), 3 * len(material))
         self.store.sweep()
         return record

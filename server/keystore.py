@@ -34,6 +34,7 @@ class KeyRecord:
     has_relin_keys: bool
     size_bytes: int
     owner: str = ""
+    binding_key: str = ""  # hex; ciphertexts sent with tags are checked against it
 
     def public_view(self) -> dict[str, Any]:
         return {
@@ -83,12 +84,26 @@ class DiskKeyStore:
         return self.directory / f"{key_id}.json", self.directory / f"{key_id}.keys"
 
     def put(
-        self, material: bytes, params: dict, galois_elements: list[int], has_relin_keys: bool, owner: str = ""
+        self,
+        material: bytes,
+        params: dict,
+        galois_elements: list[int],
+        has_relin_keys: bool,
+        owner: str = "",
+        binding_key: str = "",
     ) -> KeyRecord:
         key_id = secrets.token_hex(16)
         now = self.clock()
         record = KeyRecord(
-            key_id, params, now, now + self.ttl_seconds, sorted(galois_elements), has_relin_keys, len(material), owner
+            key_id,
+            params,
+            now,
+            now + self.ttl_seconds,
+            sorted(galois_elements),
+            has_relin_keys,
+            len(material),
+            owner,
+            binding_key,
         )
         meta_path, data_path = self._paths(key_id)
         _atomic_write(data_path, material)

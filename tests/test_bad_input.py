@@ -277,3 +277,26 @@ def test_a_stalled_body_gets_408_and_the_worker_keeps_serving(tmp_path):
         assert slow.worker_pids() == pids
     finally:
         slow.stop()
+
+
+def test_ciphertext_made_under_other_keys_is_refused(server):
+    from client import BadRequestError, Client
+
+    with Client(server.url) as client:
+        mine = client.model("diabetes-linreg")
+        mine.predict(np.zeros((1, 10)))  # registers my keys
+        stranger = SecretContext.generate(mine.spec.ckks)
+        other = client.model("diabetes-linreg", secret_context=stranger)
+        for layout in ("single", "batch"):
+            # The stranger's ciphertexts, tagged by the stranger's context, sent under my key id.
+            request = other.encrypt(np.zeros((3, 10)), layout)[0]
+            with pytest.raises(BadRequestError, match="not made with the secret context"):
+                mine.send(request)
+        tampered = mine.encrypt(np.zeros((1, 10)), "single")[0]
+        blob = bytearray(tampered.ciphertexts[0])
+        blob[100] ^= 0xFF
+        tampered.ciphertexts = [bytes(blob)]
+        with pytest.raises(BadRequestError, match="not made with the secret context"):
+            mine.send(tampered)
+        ok = mine.encrypt(np.zeros((1, 10)), "single")[0]
+        assert len(mine.send(ok)) == 1
