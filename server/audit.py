@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 
-from flask import Flask, g, request
+from flask import Flask, g, has_request_context, request
 
 from . import metrics
 
@@ -30,6 +30,8 @@ class JSONLineFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if has_request_context() and g.get("request_id"):
+            entry["request_id"] = g.request_id
         if record.exc_info:
             entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
         return json.dumps(entry, separators=(",", ":"))

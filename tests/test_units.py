@@ -138,3 +138,22 @@ def test_raw_ciphertext_round_trip_through_seal():
         seal_raw.parse(secret.encrypt(np.zeros(4), 2.0**30), 8192, moduli, "x")
     with pytest.raises(seal_raw.RawCiphertextError):
         seal_raw.parse(blob[:100], 8192, moduli, "x")
+
+
+def test_log_lines_inside_a_request_carry_its_id(tmp_path):
+    import json
+    import logging
+
+    from flask import g
+
+    from server import create_app
+    from server.audit import JSONLineFormatter
+    from server.config import ServerConfig
+
+    app = create_app(ServerConfig.from_env(keys_dir=tmp_path))
+    record = logging.LogRecord("server.x", logging.WARNING, __file__, 1, "something %s", ("odd",), None)
+    with app.test_request_context("/v2"):
+        g.request_id = "abc123"
+        line = json.loads(JSONLineFormatter().format(record))
+    assert line["request_id"] == "abc123" and line["message"] == "something odd" and line["level"] == "warning"
+    assert "request_id" not in json.loads(JSONLineFormatter().format(record))
