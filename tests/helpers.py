@@ -28,8 +28,9 @@ def post_binary(url: str, path: str, message: v2.Message, tensor_key: str = "inp
     )
 
 
-def register(url: str, secret: SecretContext, steps, params: CKKSParams | None = None) -> requests.Response:
-    body, header_length = secret.evaluation_key_request(list(steps))
+def register(url: str, secret: SecretContext, steps, params: CKKSParams | None = None,
+             relin_keys: bool = False) -> requests.Response:
+    body, header_length = secret.evaluation_key_request(list(steps), relin_keys)
     if params is not None:  # rewrite the declared parameters, keep the key bytes
         message = v2.decode(body, header_length, "inputs")
         message.parameters = {"ckks": params.to_json()}
@@ -56,6 +57,17 @@ def infer_message(ciphertexts: list[bytes], key_id: str, layout: str = "single",
         [v2.Tensor("ciphertext", "BYTES", shape, ciphertexts)],
         parameters={"key_id": key_id, "layout": layout, "rows": rows or len(ciphertexts)},
     )
+
+
+def read_answer(sock) -> str:
+    """Read a raw HTTP answer from a socket until its JSON error body (or the end) has arrived."""
+    answer = b""
+    while b'"error"' not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer.decode()
 
 
 def decode_outputs(response: requests.Response) -> v2.Message:

@@ -13,7 +13,7 @@ from client.keys import SecretContext
 from protocol import v2
 from protocol.params import CKKSParams
 
-from .helpers import encrypt_single, infer_message, model_spec, post_binary, register
+from .helpers import encrypt_single, infer_message, model_spec, post_binary, read_answer, register
 
 MODEL = "breast-cancer-logreg"
 
@@ -173,13 +173,7 @@ def test_body_over_limit_is_refused_before_reading(server):
             f"{v2.HEADER_LENGTH}: 2\r\n\r\n"
         )
         sock.sendall(request.encode())
-        answer = b""
-        while b'"error"' not in answer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-        answer = answer.decode()
+        answer = read_answer(sock)
     assert answer.startswith("HTTP/1.1 413"), answer[:200]
     assert '{"error":' in answer
 
@@ -264,13 +258,7 @@ def test_a_stalled_body_gets_408_and_the_worker_keeps_serving(tmp_path):
             started = time.monotonic()
             # While this client stalls, the same worker answers others.
             assert requests.get(f"{slow.url}/v2/health/ready", timeout=5).status_code == 200
-            answer = b""
-            while b'"error"' not in answer:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
-            answer = answer.decode()
+            answer = read_answer(sock)
         assert answer.startswith("HTTP/1.1 408"), answer[:200]
         assert '"error"' in answer and time.monotonic() - started < 5
         assert requests.get(f"{slow.url}/v2/models", timeout=5).status_code == 200

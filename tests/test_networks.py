@@ -45,14 +45,7 @@ def test_encrypted_network_matches_plaintext(client, registry, name, layout):
 def test_network_result_slots_hold_only_outputs(server, registry):
     spec = model_spec(server.url, "digits-mlp")
     secret = SecretContext.generate(spec.ckks)
-    body, header_length = secret.evaluation_key_request(spec.rotation_steps, relin_keys=True)
-    import requests
-
-    from protocol import v2
-
-    key_id = requests.post(
-        f"{server.url}/v2/keys", data=body, timeout=60, headers={v2.HEADER_LENGTH: str(header_length)}
-    ).json()["key_id"]
+    key_id = register(server.url, secret, spec.rotation_steps, relin_keys=True).json()["key_id"]
     _, x_test, _, _ = digits_split()
     from client import Client
 
@@ -190,14 +183,7 @@ def test_sklearn_models_export_through_the_same_path(tmp_path):
 def test_network_batch_refuses_bad_ciphertexts(server):
     spec = model_spec(server.url, "digits-mlp")
     secret = SecretContext.generate(spec.ckks)
-    body, header_length = secret.evaluation_key_request(spec.rotation_steps, relin_keys=True)
-    import requests
-
-    from protocol import v2
-
-    key_id = requests.post(
-        f"{server.url}/v2/keys", data=body, timeout=60, headers={v2.HEADER_LENGTH: str(header_length)}
-    ).json()["key_id"]
+    key_id = register(server.url, secret, spec.rotation_steps, relin_keys=True).json()["key_id"]
     good = secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits, seeded=False)
     path = "/v2/models/digits-mlp/infer"
     cases = [
