@@ -122,8 +122,3 @@ class ModularDense:
                     total += part
                     np.subtract(total, np.uint64(q), out=total, where=total >= q)
         return total
-
-
-def matmul_mod(weights: np.ndarray, coeffs: np.ndarray, q: int) -> np.ndarray:
-    """weights (rows x n, signed integers as float64) @ coeffs (n x cols, uint64 < q), mod q, as uint64."""
-    return ModularDense(weights, [q]).apply(0, coeffs.astype(np.float64))

@@ -149,10 +149,8 @@ class NetworkPlan:
             if top_bits > math.log2(q0) + math.log2(qa) + math.log2(qb):
                 raise ValueError(f"scales need {top_bits:.0f} bits, more than the 135-bit modulus")
             self.output_scale = self.product_scale / (qb * qa)
-            self.output_level = 2
         else:
             self.output_scale = self.hidden_scale / qb
-            self.output_level = 1
         if bound * self.output_scale * 2 >= q0:
             raise ValueError(f"outputs up to {bound:g} do not fit the {q0.bit_length()}-bit last prime")
         self.layout = choose_packed_layout(
