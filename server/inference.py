@@ -89,6 +89,7 @@ def _infer_encrypted(
     _check_bindings(params.get("bindings"), tensor.data, eval_keys.record.binding_key, key_id)
     if eval_keys.record.params != model.spec.ckks.to_json():
         raise BadRequest(f"key {key_id!r} was registered for other CKKS parameters than model {model.name!r} uses")
+    _require_relin(model, eval_keys, key_id)
     plan = model.plan
     runtime = plan.runtime
     if layout == SINGLE:
@@ -106,7 +107,6 @@ def _infer_encrypted(
                 f"key {key_id!r} lacks Galois keys for rotation steps {list(plan.single_steps)} "
                 f"(galois elements {missing}); register keys with the steps in the model metadata"
             )
-        _require_relin(model, eval_keys, key_id)
         outputs = []
         for row in range(rows):
             cts = [
@@ -126,7 +126,6 @@ def _infer_encrypted(
                 f"batch layout with {rows} rows takes shape {expected} "
                 f"({plan.n_features} ciphertexts per chunk of up to {capacity} rows), got {tensor.shape}"
             )
-        _require_relin(model, eval_keys, key_id)
         outputs = []
         for chunk in range(chunks):
             chunk_rows = min(capacity, rows - chunk * capacity)
