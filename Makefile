@@ -1,10 +1,10 @@
 # make demo: set up, start the server, show an encrypted prediction end to end, stop.
-# make test: set up and run the whole test suite.
+# make test: set up (Python packages, and redis-server + nginx from Debian) and run the whole test suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench models clean
+.PHONY: setup system-packages demo test lint bench models clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,13 +13,17 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed
 
+# redis-server and nginx from Debian's packages, for the multi-instance tests (root or sudo).
+system-packages:
+	bash scripts/install-system-packages.sh
+
 models: setup
 	$(PY) -m models
 
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup
+test: setup system-packages
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import ENV_PREFIX, ServerConfig
+from .config import ENV_PREFIX, KEY_STORES, ServerConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,7 +23,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=defaults.port)
     parser.add_argument("--workers", type=int, default=defaults.workers, help="0: one per core")
     parser.add_argument("--models-dir", type=Path, default=defaults.models_dir)
-    parser.add_argument("--keys-dir", type=Path, default=defaults.keys_dir)
+    parser.add_argument(
+        "--key-store",
+        choices=KEY_STORES,
+        default=defaults.key_store,
+        help="disk: embedded, this machine only (default); redis: shared by several instances",
+    )
+    parser.add_argument("--keys-dir", type=Path, default=defaults.keys_dir, help="for --key-store disk")
+    parser.add_argument(
+        "--redis-url",
+        default=defaults.redis_url,
+        help="for --key-store redis (prefer HESERVE_REDIS_URL when it carries a password)",
+    )
     parser.add_argument("--key-ttl", type=float, default=defaults.key_ttl_seconds, help="seconds")
     parser.add_argument("--no-plaintext", action="store_true", help="refuse plaintext inference requests")
     parser.add_argument(
@@ -42,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         workers=args.workers,
         models_dir=args.models_dir.resolve(),
+        key_store=args.key_store,
         keys_dir=args.keys_dir.resolve(),
+        redis_url=args.redis_url,
         key_ttl_seconds=args.key_ttl,
         allow_plaintext=False if args.no_plaintext else None,
         api_keys_file=args.api_keys_file.resolve() if args.api_keys_file else None,
@@ -54,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
             ENV_PREFIX + "PORT": str(config.port),
             ENV_PREFIX + "WORKERS": str(config.effective_workers()),
             ENV_PREFIX + "MODELS_DIR": str(config.models_dir),
+            ENV_PREFIX + "KEY_STORE": config.key_store,
             ENV_PREFIX + "KEYS_DIR": str(config.keys_dir),
+            ENV_PREFIX + "REDIS_URL": config.redis_url,
             ENV_PREFIX + "KEY_TTL_SECONDS": str(config.key_ttl_seconds),
             ENV_PREFIX + "ALLOW_PLAINTEXT": "true" if config.allow_plaintext else "false",
         }
@@ -73,11 +88,23 @@ def main(argv: list[str] | None = None) -> None:
     from .auth import APIKeys
 
     APIKeys.load(config.api_keys_file, config.api_keys)
+    _check_key_store(config)
     conf = Path(__file__).with_name("gunicorn_conf.py")
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
     command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "server.app:create_app()"]
     os.execvpe(command[0], command, env)
+
+
+def _check_key_store(config: ServerConfig) -> None:
+    """A key store that is down at start is reported, not fatal: the server answers 503 until it returns."""
+    from .keystore import KeyStoreUnavailable
+    from .services import open_key_store
+
+    try:
+        open_key_store(config).ping()
+    except KeyStoreUnavailable as exc:
+        print(f"warning: {exc}; not ready until it answers", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "HESERVE_"
+KEY_STORES = ("disk", "redis")
 
 
 def _default_keys_dir() -> Path:
@@ -21,7 +22,11 @@ class ServerConfig:
     port: int = 8000
     workers: int = 0  # 0: one per core
     models_dir: Path = REPO_ROOT / "models"
+    key_store: str = "disk"  # "disk": embedded, one machine; "redis": shared by several instances
     keys_dir: Path = field(default_factory=_default_keys_dir)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_seconds: float = 2.0  # a request waits at most about twice this for Redis, then gets 503
+    redis_prefix: str = "heserve"
     key_ttl_seconds: float = 900.0  # short by default: keys are re-registered in one call
     max_body_bytes: int = 512 * 1024 * 1024  # one batch chunk of a 784-input network is ~308 MB
     key_cache_bytes: int = 256 * 1024 * 1024
@@ -47,6 +52,8 @@ class ServerConfig:
                 setattr(config, name, value)
         config.models_dir = Path(config.models_dir)
         config.keys_dir = Path(config.keys_dir)
+        if config.key_store not in KEY_STORES:
+            raise ValueError(f"{ENV_PREFIX}KEY_STORE must be one of {', '.join(KEY_STORES)}, got {config.key_store!r}")
         return config
 
     def effective_workers(self) -> int:

@@ -7,6 +7,8 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .keystore import KeyStoreUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +54,12 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["WWW-Authenticate"] = 'Bearer realm="heserve"'
         if exc.status == 408:
             response.headers["Connection"] = "close"  # the rest of the body may still arrive
+        return response
+
+    @app.errorhandler(KeyStoreUnavailable)
+    def key_store_unavailable(exc: KeyStoreUnavailable):
+        response = _body(str(exc), 503)
+        response.headers["Retry-After"] = "2"
         return response
 
     @app.errorhandler(HTTPException)

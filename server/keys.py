@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 from dataclasses import dataclass
 
 import tenseal.sealapi as sealapi
@@ -11,8 +12,9 @@ import tenseal.sealapi as sealapi
 from protocol import seal_io, v2
 from protocol.params import CKKSParams, ParameterError
 
+from . import metrics
 from .errors import BadRequest, NotFound
-from .keystore import DiskKeyStore, KeyCache, KeyRecord
+from .keystore import KeyCache, KeyRecord, KeyStore
 from .models import ModelRegistry
 
 ALLOWED_PARTS = {"galois_keys", "relin_keys"}
@@ -46,7 +48,7 @@ def _unpack(material: bytes) -> dict[str, bytes]:
 
 
 class KeyService:
-    def __init__(self, store: DiskKeyStore, cache: KeyCache, registry: ModelRegistry):
+    def __init__(self, store: KeyStore, cache: KeyCache, registry: ModelRegistry):
         self.store = store
         self.cache = cache
         self.registry = registry
@@ -132,6 +134,7 @@ class KeyService:
         record = self.record(key_id, owner)  # checked on every use: erasure elsewhere is seen at once
         cached = self.cache.get(key_id)
         if cached is None:
+            started = time.perf_counter()
             material = self.store.material(key_id)
             if material is None:
                 raise NotFound(f"key {key_id!r} is unknown, expired or erased; register your keys again")
@@ -139,6 +142,9 @@ class KeyService:
             galois, relin = self._deserialize(_unpack(material), runtime.context)
             cached = (galois, relin)
             self.cache.put(key_id, cached, 3 * len(material))
+            metrics.KEY_LOADS.observe(time.perf_counter() - started)
+        else:
+            metrics.KEY_CACHE_HITS.inc()
         return EvaluationKeys(record, cached[0], cached[1])
 
     def erase(self, key_id: str, owner: str = "") -> None:

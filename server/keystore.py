@@ -1,5 +1,11 @@
 """Registered evaluation keys: public key material with a time to live, erasable on request.
 
+Two backends implement `KeyStore`: `DiskKeyStore` here (the embedded default, one machine)
+and `RedisKeyStore` in redis_keystore.py (several instances sharing one registry). A key id
+is 128 random bits and never reused, so it doubles as the version of a key: a worker's cache
+entry for an id is valid exactly as long as the store still holds that id, which every use
+checks.
+
 The embedded backend keeps one directory per server. A key is two files written
 atomically (temporary file, fsync, rename): `<id>.keys` holds the serialized public
 evaluation keys, `<id>.json` its metadata. The metadata file is written last and
@@ -19,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
@@ -48,6 +54,63 @@ class KeyRecord:
             "relin_keys": self.has_relin_keys,
             "size_bytes": self.size_bytes,
         }
+
+
+class KeyStoreUnavailable(Exception):
+    """The key registry cannot be reached; the request may succeed if retried later (503)."""
+
+
+class KeyStore(Protocol):
+    ttl_seconds: float
+
+    def put(
+        self,
+        material: bytes,
+        params: dict,
+        galois_elements: list[int],
+        has_relin_keys: bool,
+        owner: str = "",
+        binding_key: str = "",
+    ) -> KeyRecord: ...
+
+    def get(self, key_id: str) -> KeyRecord | None: ...
+
+    def material(self, key_id: str) -> bytes | None: ...
+
+    def delete(self, key_id: str) -> bool: ...
+
+    def sweep(self) -> int: ...
+
+    def count(self) -> int: ...
+
+    def ping(self) -> None:
+        """Raise KeyStoreUnavailable if the store cannot serve requests now."""
+
+    def describe(self) -> str:
+        """Where keys are kept, in words for the privacy report."""
+
+
+def new_record(
+    material: bytes,
+    params: dict,
+    galois_elements: list[int],
+    has_relin_keys: bool,
+    owner: str,
+    binding_key: str,
+    now: float,
+    ttl_seconds: float,
+) -> KeyRecord:
+    return KeyRecord(
+        secrets.token_hex(16),
+        params,
+        now,
+        now + ttl_seconds,
+        sorted(galois_elements),
+        has_relin_keys,
+        len(material),
+        owner,
+        binding_key,
+    )
 
 
 def _iso(timestamp: float) -> str:
@@ -92,20 +155,10 @@ class DiskKeyStore:
         owner: str = "",
         binding_key: str = "",
     ) -> KeyRecord:
-        key_id = secrets.token_hex(16)
-        now = self.clock()
-        record = KeyRecord(
-            key_id,
-            params,
-            now,
-            now + self.ttl_seconds,
-            sorted(galois_elements),
-            has_relin_keys,
-            len(material),
-            owner,
-            binding_key,
+        record = new_record(
+            material, params, galois_elements, has_relin_keys, owner, binding_key, self.clock(), self.ttl_seconds
         )
-        meta_path, data_path = self._paths(key_id)
+        meta_path, data_path = self._paths(record.key_id)
         _atomic_write(data_path, material)
         _atomic_write(meta_path, json.dumps(asdict(record)).encode())
         return record
@@ -176,6 +229,13 @@ class DiskKeyStore:
 
     def count(self) -> int:
         return sum(1 for _ in self.directory.glob("*.json"))
+
+    def ping(self) -> None:
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise KeyStoreUnavailable("the key directory is not writable")
+
+    def describe(self) -> str:
+        return "the key store on this server's disk (directory mode 0700)"
 
 
 class KeyCache:

@@ -12,6 +12,8 @@ import os
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
+from .keystore import KeyStoreUnavailable
+
 REQUESTS = Counter("heserve_requests", "HTTP requests by route and status", ["route", "method", "status"])
 BYTES_IN = Counter("heserve_request_bytes", "request body bytes received", ["route"])
 BYTES_OUT = Counter("heserve_response_bytes", "response body bytes sent", ["route"])
@@ -22,6 +24,13 @@ INFERENCE = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+KEY_CACHE_HITS = Counter("heserve_key_cache_hits", "uses of evaluation keys found deserialized in the worker's cache")
+KEY_LOADS = Histogram(
+    "heserve_key_load_seconds",
+    "cache misses: fetching evaluation keys from the key store and deserializing them",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
 
 class RegisteredKeys:
     """Reads the key store at scrape time, so every worker reports the same number."""
@@ -30,9 +39,15 @@ class RegisteredKeys:
         self.store = store
 
     def collect(self):
+        try:
+            count = self.store.count()
+        except KeyStoreUnavailable:
+            count = None  # metrics must stay scrapable while the key store is down
         yield GaugeMetricFamily(
-            "heserve_registered_keys", "evaluation keys currently registered", value=self.store.count()
+            "heserve_key_store_up", "1 if the key store answered this scrape", value=int(count is not None)
         )
+        if count is not None:
+            yield GaugeMetricFamily("heserve_registered_keys", "evaluation keys currently registered", value=count)
 
 
 def observe(route: str, method: str, status: int, bytes_in: int, bytes_out: int) -> None:

@@ -67,7 +67,7 @@ def document() -> dict:
                 "description": "outputs (JSON, or binary extension for ciphertexts)",
                 "content": {"application/json": {"schema": {"type": "object"}}, **binary},
             },
-            **_errors(400, 401, 403, 404, 408, 413),
+            **_errors(400, 401, 403, 404, 408, 413, 503),
         },
     }
     return {
@@ -85,7 +85,12 @@ def document() -> dict:
         "security": [{"bearer": []}, {}],
         "paths": {
             "/v2/health/live": {"get": {"security": [], "responses": {"200": _json("liveness")}}},
-            "/v2/health/ready": {"get": {"security": [], "responses": {"200": _json("readiness")}}},
+            "/v2/health/ready": {
+                "get": {
+                    "security": [],
+                    "responses": {"200": _json("readiness"), "503": _json("not ready: no models, or key store down")},
+                }
+            },
             "/v2": {"get": {"responses": {"200": _json("server metadata"), **_errors(401)}}},
             "/v2/models": {"get": {"responses": {"200": _json("model index"), **_errors(401)}}},
             "/v2/models/{name}": model_get,
@@ -100,17 +105,17 @@ def document() -> dict:
                 "post": {
                     "parameters": [header],
                     "requestBody": {"required": True, "content": binary},
-                    "responses": {"201": _json("key registered"), **_errors(400, 401, 408, 413)},
+                    "responses": {"201": _json("key registered"), **_errors(400, 401, 408, 413, 503)},
                 }
             },
             "/v2/keys/{key_id}": {
                 "get": {
                     "parameters": [_path_param("key_id")],
-                    "responses": {"200": _json("key status"), **_errors(401, 404)},
+                    "responses": {"200": _json("key status"), **_errors(401, 404, 503)},
                 },
                 "delete": {
                     "parameters": [_path_param("key_id")],
-                    "responses": {"200": _json("erased"), **_errors(401, 404)},
+                    "responses": {"200": _json("erased"), **_errors(401, 404, 503)},
                 },
             },
             "/v2/privacy": {"get": {"responses": {"200": _json("privacy report"), **_errors(401)}}},

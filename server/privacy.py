@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .keystore import KeyStoreUnavailable
 from .services import Services
 
 
@@ -29,9 +30,10 @@ def report(svc: Services) -> dict:
         "stored": [
             {
                 "what": "public evaluation keys and their metadata (parameters, creation and expiry, owner tenant)",
-                "where": "the key store on this server's disk (directory mode 0700)",
+                "where": svc.keys.store.describe(),
                 "retention_seconds": config.key_ttl_seconds,
-                "erasure": "DELETE /v2/keys/{key_id} erases it at once from disk and from every worker; "
+                "erasure": "DELETE /v2/keys/{key_id} erases it at once from the store and from every worker "
+                "of every instance; "
                 "it is also erased when its time to live passes",
             },
             {
@@ -58,7 +60,8 @@ def report(svc: Services) -> dict:
             "key_ttl_seconds": config.key_ttl_seconds,
             "plaintext_inference_enabled": config.allow_plaintext,
             "authentication_required": svc.api_keys.enabled,
-            "registered_keys": svc.keys.store.count(),
+            "key_store": svc.config.key_store,
+            "registered_keys": _registered_keys(svc),
         },
         "legal_basis_notes": (
             "Data minimisation and storage limitation (GDPR art. 5(1)(c),(e); Morocco law 09-08 art. 3; CCPA "
@@ -67,3 +70,10 @@ def report(svc: Services) -> dict:
             "the only stored item linked to a client, through DELETE /v2/keys/{key_id}."
         ),
     }
+
+
+def _registered_keys(svc: Services) -> int | None:
+    try:
+        return svc.keys.store.count()
+    except KeyStoreUnavailable:
+        return None  # the report stays available while the key store is down

@@ -12,6 +12,7 @@ from protocol import v2
 from . import __version__, metrics, openapi, privacy
 from .errors import APIError, BadRequest, NotFound
 from .inference import infer
+from .keystore import KeyStoreUnavailable
 from .services import Services
 
 bp = Blueprint("v2", __name__)
@@ -79,7 +80,15 @@ def live():
 
 @bp.get("/v2/health/ready")
 def ready():
-    return jsonify({"ready": bool(services().registry.models)})
+    """Ready when models are loaded and the key store answers; liveness never depends on Redis."""
+    svc = services()
+    if not svc.registry.models:
+        return jsonify({"ready": False, "reason": "no models loaded"}), 503
+    try:
+        svc.keys.store.ping()
+    except KeyStoreUnavailable as exc:
+        return jsonify({"ready": False, "reason": str(exc)}), 503
+    return jsonify({"ready": True})
 
 
 @bp.get("/v2")

@@ -50,6 +50,7 @@ class ServerProcess:
 def start_server(tmp: Path, workers: int = 2, models_dir: Path | None = None, **env: str) -> ServerProcess:
     port = free_port()
     keys_dir = tmp / "keys"
+    tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "server.log"
     environ = dict(os.environ)
     environ.update({f"HESERVE_{k.upper()}": str(v) for k, v in env.items()})
