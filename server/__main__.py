@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=defaults.api_keys_file,
         help="lines of 'tenant key' or 'tenant sha256:<hex>'; enables authentication",
     )
+    parser.add_argument(
+        "--gunicorn-config",
+        type=Path,
+        default=defaults.gunicorn_config_file,
+        help="a gunicorn configuration file (default: the built-in one; see deploy/gunicorn.conf.py)",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         key_ttl_seconds=args.key_ttl,
         allow_plaintext=False if args.no_plaintext else None,
         api_keys_file=args.api_keys_file.resolve() if args.api_keys_file else None,
+        gunicorn_config_file=args.gunicorn_config.resolve() if args.gunicorn_config else None,
     )
     env = dict(os.environ)
     env.update(
@@ -89,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
 
     APIKeys.load(config.api_keys_file, config.api_keys)
     _check_key_store(config)
-    conf = Path(__file__).with_name("gunicorn_conf.py")
+    conf = config.gunicorn_config_file or Path(__file__).with_name("gunicorn_conf.py")
+    if not conf.is_file():
+        sys.exit(f"error: gunicorn configuration {conf} not found")
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
     command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "server.app:create_app()"]

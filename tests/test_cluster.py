@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from sklearn.datasets import load_breast_cancer
 
 from client import Client, NotFoundError, ServiceUnavailableError
 
-from .cluster import Nginx, RedisServer, start_nginx, start_redis
+from .cluster import DEPLOY, Nginx, RedisServer, start_nginx, start_redis
 from .serverproc import ServerProcess, start_server
 
 MODEL = "breast-cancer-logreg"
@@ -36,7 +37,12 @@ class Cluster:
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
     redis_server = start_redis(tmp / "redis")
-    env = {"key_store": "redis", "redis_url": redis_server.url, "redis_timeout_seconds": "1"}
+    env = {
+        "key_store": "redis",
+        "redis_url": redis_server.url,
+        "redis_timeout_seconds": "1",
+        "gunicorn_config_file": str(DEPLOY / "gunicorn.conf.py"),
+    }
     a = start_server(tmp / "a", workers=1, **env)
     b = start_server(tmp / "b", workers=1, **env)
     nginx = start_nginx(tmp / "nginx", [a.url.removeprefix("http://"), b.url.removeprefix("http://")])
@@ -66,6 +72,9 @@ def test_keys_registered_through_one_instance_serve_through_the_other(cluster, r
         logits = through_b.decision_function(rows).reshape(-1)
         assert cb.key_status(key_id)["key_id"] == key_id
     np.testing.assert_allclose(logits, plaintext_logits(cluster.b.url, rows), atol=1e-3)
+    # The instances run with the operator's gunicorn configuration from deploy/.
+    command_line = Path(f"/proc/{cluster.a.process.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    assert b"deploy/gunicorn.conf.py" in command_line
 
 
 def test_erasure_through_one_instance_is_seen_by_the_other_at_once(cluster, rows):
