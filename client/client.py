@@ -87,10 +87,13 @@ class Client:
                     method, self.url + path, body=body, headers={**self._headers, **(headers or {})}
                 )
                 break
+            except urllib3.exceptions.NewConnectionError as exc:
+                # Caught first: urllib3 makes it a kind of TimeoutError, but a refused connection is no timeout.
+                raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None
             except urllib3.exceptions.TimeoutError:
                 raise ConnectionFailedError(f"{method} {path}: no answer within {self.timeout} s") from None
             except urllib3.exceptions.HTTPError as exc:
-                if attempt + 1 == attempts or isinstance(exc, urllib3.exceptions.NewConnectionError):
+                if attempt + 1 == attempts:
                     raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None
         response = Response(raw.status, dict(raw.headers), raw.data)
         if response.status >= 400:

@@ -55,7 +55,10 @@ def test_server_errors_are_typed_and_carry_the_message(client):
 
 
 def test_unreachable_server_raises_connection_error():
-    with Client(f"http://127.0.0.1:{free_port()}", timeout=2) as client, pytest.raises(ConnectionFailedError):
+    with (
+        Client(f"http://127.0.0.1:{free_port()}", timeout=2) as client,
+        pytest.raises(ConnectionFailedError, match="cannot reach"),
+    ):
         client.models()
 
 
