@@ -69,7 +69,8 @@ def install(app: Flask) -> None:
                 "method": request.method,
                 "route": request.url_rule.rule if request.url_rule else None,
                 "model": view_args.get("name"),
-                "key_id": view_args.get("key_id"),
+                # From the path, or set by the route (inference and registration carry it in the body).
+                "key_id": view_args.get("key_id") or g.get("audit_key_id"),
                 "status": response.status_code,
                 "bytes_in": request.content_length or 0,
                 "bytes_out": bytes_out,

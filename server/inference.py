@@ -13,6 +13,7 @@ from protocol.spec import BATCH, LAYOUTS, SINGLE
 from .engine import EvaluationError
 from .errors import BadRequest, Forbidden
 from .keys import KeyService
+from .keystore import KEY_ID_PATTERN
 from .models import ServedModel
 
 CIPHERTEXT = "ciphertext"
@@ -35,6 +36,9 @@ def infer(
         raise BadRequest(str(exc)) from None
     if info is not None:
         info["layout"] = str(request.parameters.get("layout", "single")) if "key_id" in request.parameters else "plain"
+        key_id = request.parameters.get("key_id")
+        if isinstance(key_id, str) and KEY_ID_PATTERN.match(key_id):
+            info["key_id"] = key_id  # for the audit line; anything else is not a key id worth logging
     if "key_id" in request.parameters:
         response = _infer_encrypted(model, keys, request, max_single_rows, owner)
         binary = True

@@ -129,16 +129,19 @@ def model_infer(name: str, version: str | None = None):
     svc = services()
     info: dict = {}
     started = time.perf_counter()
-    body, length = infer(
-        model,
-        svc.keys,
-        read_body(),
-        header_length(),
-        svc.config.allow_plaintext,
-        svc.config.max_single_rows,
-        owner(),
-        info,
-    )
+    try:
+        body, length = infer(
+            model,
+            svc.keys,
+            read_body(),
+            header_length(),
+            svc.config.allow_plaintext,
+            svc.config.max_single_rows,
+            owner(),
+            info,
+        )
+    finally:
+        g.audit_key_id = info.get("key_id")
     metrics.INFERENCE.labels(model.name, info.get("layout", "")).observe(time.perf_counter() - started)
     if length is None:
         return Response(body, mimetype=v2.JSON_CONTENT_TYPE)
@@ -165,6 +168,7 @@ def privacy_report():
 @bp.post("/v2/keys")
 def register_keys():
     record = services().keys.register(read_body(), header_length(), owner())
+    g.audit_key_id = record.key_id
     return jsonify(record.public_view()), 201
 
 

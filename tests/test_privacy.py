@@ -221,7 +221,9 @@ def test_every_response_has_a_request_id_and_an_audit_line_without_payload(serve
     import json as _json
 
     with Client(server.url) as client:
-        client.model("diabetes-linreg").predict(np.zeros((2, 10)))
+        model = client.model("diabetes-linreg")
+        model.predict(np.zeros((2, 10)))
+        key_id = model.key_id
     response = requests.get(f"{server.url}/v2/models/nope", headers={"X-Request-ID": "trace-42"}, timeout=10)
     assert response.status_code == 404 and response.headers["X-Request-ID"] == "trace-42"
     generated = requests.get(f"{server.url}/v2/health/live", timeout=10).headers["X-Request-ID"]
@@ -251,3 +253,6 @@ def test_every_response_has_a_request_id_and_an_audit_line_without_payload(serve
     }
     infers = [line for line in lines if line.get("route") == "/v2/models/<name>/infer" and line["status"] == 200]
     assert infers and all(line["bytes_in"] > 0 for line in infers)
+    # The key id travels in the body of registrations and inferences; the audit line still names it.
+    mine = [line for line in lines if line.get("key_id") == key_id]
+    assert {line["route"] for line in mine} >= {"/v2/keys", "/v2/models/<name>/infer"}
