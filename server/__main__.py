@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     if config.api_keys_file:
         env[ENV_PREFIX + "API_KEYS_FILE"] = str(config.api_keys_file)
     # Workers share their Prometheus samples through files in a directory of this server's own.
-    metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="heserve-metrics-")
+    metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        metrics_dir = tempfile.mkdtemp(prefix="heserve-metrics-")
+        env["HESERVE_METRICS_DIR_OWNED"] = "1"  # the master removes it when it exits
     for stale in Path(metrics_dir).glob("*.db"):
         stale.unlink()
     env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

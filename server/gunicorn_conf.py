@@ -43,6 +43,15 @@ logconfig_dict = {
 control_socket_disable = True  # several instances may share a machine
 
 
+def on_exit(server):
+    """Remove the metrics directory `python -m server` made for this master (an operator's is kept)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.environ.get("HESERVE_METRICS_DIR_OWNED") == "1":
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def child_exit(server, worker):
     """A dead worker's live gauges must not linger in the shared metrics directory."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

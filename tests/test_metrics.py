@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import requests
 
 from client import Client
+
+from .serverproc import start_server
 
 
 def scrape(url: str) -> str:
@@ -45,3 +48,13 @@ def test_counters_add_up_across_workers(server):
         assert value(text, "heserve_request_bytes_total", route="/v2/models/<name>/infer") > 0
         assert value(text, "heserve_registered_keys") >= 1
     assert not re.search(r"[0-9a-f]{32}", texts[0])  # no key ids (or anything client-specific) in labels
+
+
+def test_the_metrics_directory_made_for_a_server_is_removed_when_it_stops(tmp_path):
+    server = start_server(tmp_path, workers=1)
+    environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
+    directory = Path(next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode())
+    requests.get(f"{server.url}/v2/models", timeout=10)
+    assert any(directory.glob("*.db"))
+    server.stop()
+    assert not directory.exists()
