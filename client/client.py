@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from .errors import (
     HEClientError,
     InputError,
     KeyFileError,
+    NotFoundError,
     error_for_status,
 )
 from .keys import SecretContext
@@ -56,9 +58,11 @@ class Client:
     more than the server spends evaluating a single encrypted sample.
     """
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0):
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0, unavailable_wait: float = 10.0):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # A 503 with Retry-After (the key store restarting, say) is waited out once, up to this many seconds.
+        self.unavailable_wait = unavailable_wait
         self._http = urllib3.PoolManager(maxsize=4, retries=False, timeout=urllib3.Timeout(total=timeout))
         self._headers = {"User-Agent": "heserve-client/0.1"}
         if api_key:
@@ -80,7 +84,24 @@ class Client:
         # Reads, erasures and inferences change nothing on the server when repeated, so a connection
         # that breaks mid-request (a worker restarted, a proxy recycled) is retried once; a key
         # registration is not (it would register twice).
-        attempts = 1 if (method == "POST" and path == "/v2/keys") else 2
+        idempotent = not (method == "POST" and path == "/v2/keys")
+        response = self._send(method, path, body, headers, 2 if idempotent else 1)
+        wait = _retry_after(response)
+        if idempotent and response.status == 503 and wait is not None and wait <= self.unavailable_wait:
+            time.sleep(wait)
+            response = self._send(method, path, body, headers, 2)
+        if response.status >= 400:
+            try:
+                answer = response.json()
+                message, code = answer.get("error", ""), answer.get("code")
+            except (ValueError, AttributeError):
+                message, code = response.content[:500].decode("utf-8", "replace"), None
+            raise error_for_status(response.status, message, code if isinstance(code, str) else None)
+        return response
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None, attempts: int
+    ) -> Response:
         for attempt in range(attempts):
             try:
                 raw = self._http.request(
@@ -95,14 +116,7 @@ class Client:
             except urllib3.exceptions.HTTPError as exc:
                 if attempt + 1 == attempts:
                     raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None
-        response = Response(raw.status, dict(raw.headers), raw.data)
-        if response.status >= 400:
-            try:
-                message = response.json().get("error", "")
-            except (ValueError, AttributeError):
-                message = response.content[:500].decode("utf-8", "replace") or raw.reason or ""
-            raise error_for_status(response.status, message)
-        return response
+        return Response(raw.status, dict(raw.headers), raw.data)
 
     def _json(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
         response = self._request(method, path, body, headers)
@@ -184,6 +198,15 @@ class Client:
         response = self._request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": v2.JSON_CONTENT_TYPE})
         answer = v2.decode(response.content, None, "outputs")
         return np.asarray(answer.tensors[0].data, dtype=np.float64)
+
+
+def _retry_after(response: Response) -> float | None:
+    """Seconds from a Retry-After header given in seconds; None when absent or a date."""
+    raw = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def _header_length(response: Response) -> int | None:
@@ -362,10 +385,30 @@ class RemoteModel:
 
     def send(self, request: EncryptedRequest) -> list[bytes]:
         """Send one encrypted request; returns the result ciphertexts (still encrypted)."""
-        key_id = self.register()
-        results, _ = self.client.infer_ciphertexts(
-            self.name, key_id, request.layout, request.ciphertexts, request.shape, request.rows, request.bindings
-        )
+        try:
+            results, _ = self.client.infer_ciphertexts(
+                self.name,
+                self.register(),
+                request.layout,
+                request.ciphertexts,
+                request.shape,
+                request.rows,
+                request.bindings,
+            )
+        except NotFoundError as exc:
+            if exc.code != "key_not_found":
+                raise
+            # The server's copy expired (its time to live) or was erased: register again, once.
+            self.key_id = None
+            results, _ = self.client.infer_ciphertexts(
+                self.name,
+                self.register(),
+                request.layout,
+                request.ciphertexts,
+                request.shape,
+                request.rows,
+                request.bindings,
+            )
         return results
 
     def decrypt(self, request: EncryptedRequest, results: list[bytes]) -> np.ndarray:

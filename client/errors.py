@@ -18,10 +18,11 @@ class KeyFileError(HEClientError):
 class ServerError(HEClientError):
     """The server answered with an error; `status` and the server's `message` are kept."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, code: str | None = None):
         super().__init__(f"server answered {status}: {message}")
         self.status = status
         self.message = message
+        self.code = code  # the server's machine-readable kind, e.g. "key_not_found"
 
 
 class BadRequestError(ServerError):
@@ -44,11 +45,11 @@ class ConnectionFailedError(HEClientError):
     """The server could not be reached, or did not answer within the timeout."""
 
 
-def error_for_status(status: int, message: str) -> ServerError:
+def error_for_status(status: int, message: str, code: str | None = None) -> ServerError:
     if status in (401, 403):
-        return AuthenticationError(status, message)
+        return AuthenticationError(status, message, code)
     if status == 404:
-        return NotFoundError(status, message)
+        return NotFoundError(status, message, code)
     if status >= 500:
-        return ServiceUnavailableError(status, message)
-    return BadRequestError(status, message)
+        return ServiceUnavailableError(status, message, code)
+    return BadRequestError(status, message, code)

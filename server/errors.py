@@ -16,6 +16,7 @@ class APIError(Exception):
     """An error answered with `status` and an Open Inference Protocol body {"error": message}."""
 
     status = 400
+    code: str | None = None  # machine-readable kind, for clients that act on it
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
@@ -32,6 +33,12 @@ class NotFound(APIError):
     status = 404
 
 
+class KeyNotFound(NotFound):
+    """An evaluation key that is unknown, expired or erased: the client registers its keys again."""
+
+    code = "key_not_found"
+
+
 class UnsupportedMediaType(APIError):
     status = 415
 
@@ -40,8 +47,8 @@ class Forbidden(APIError):
     status = 403
 
 
-def _body(message: str, status: int):
-    response = jsonify({"error": message})
+def _body(message: str, status: int, code: str | None = None):
+    response = jsonify({"error": message, "code": code} if code else {"error": message})
     response.status_code = status
     return response
 
@@ -49,7 +56,7 @@ def _body(message: str, status: int):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def api_error(exc: APIError):
-        response = _body(exc.message, exc.status)
+        response = _body(exc.message, exc.status, exc.code)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="heserve"'
         if exc.status == 408:
@@ -58,7 +65,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(KeyStoreUnavailable)
     def key_store_unavailable(exc: KeyStoreUnavailable):
-        response = _body(str(exc), 503)
+        response = _body(str(exc), 503, "key_store_unavailable")
         response.headers["Retry-After"] = "2"
         return response
 

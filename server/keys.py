@@ -13,7 +13,7 @@ from protocol import seal_io, v2
 from protocol.params import CKKSParams, ParameterError
 
 from . import metrics
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, KeyNotFound
 from .keystore import KeyCache, KeyRecord, KeyStore
 from .models import ModelRegistry
 
@@ -127,7 +127,7 @@ class KeyService:
         record = self.store.get(key_id)
         if record is None or record.owner != owner:
             self.cache.discard(key_id)
-            raise NotFound(f"key {key_id!r} is unknown, expired or erased; register your keys again")
+            raise KeyNotFound(f"key {key_id!r} is unknown, expired or erased; register your keys again")
         return record
 
     def evaluation_keys(self, key_id: str, owner: str = "") -> EvaluationKeys:
@@ -137,7 +137,7 @@ class KeyService:
             started = time.perf_counter()
             material = self.store.material(key_id)
             if material is None:
-                raise NotFound(f"key {key_id!r} is unknown, expired or erased; register your keys again")
+                raise KeyNotFound(f"key {key_id!r} is unknown, expired or erased; register your keys again")
             runtime = self.registry.runtime(CKKSParams.from_json(record.params))
             galois, relin = self._deserialize(_unpack(material), runtime.context)
             cached = (galois, relin)
@@ -151,4 +151,4 @@ class KeyService:
         self.record(key_id, owner)
         self.cache.discard(key_id)
         if not self.store.delete(key_id):
-            raise NotFound(f"key {key_id!r} is unknown, expired or already erased")
+            raise KeyNotFound(f"key {key_id!r} is unknown, expired or already erased")

@@ -78,7 +78,14 @@ def document() -> dict:
         },
         "components": {
             "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "code": {"type": "string", "enum": ["key_not_found", "key_store_unavailable"]},
+                    },
+                }
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

@@ -20,6 +20,7 @@ from sklearn.datasets import load_breast_cancer
 from client import Client, NotFoundError, ServiceUnavailableError
 
 from .cluster import DEPLOY, Nginx, RedisServer, start_nginx, start_redis
+from .helpers import infer_with_key
 from .serverproc import ServerProcess, start_server
 
 MODEL = "breast-cancer-logreg"
@@ -81,11 +82,12 @@ def test_erasure_through_one_instance_is_seen_by_the_other_at_once(cluster, rows
     with Client(cluster.a.url) as ca, Client(cluster.b.url) as cb:
         model_a = ca.model(MODEL)
         model_a.predict(rows)  # instance A now holds the keys deserialized in its cache
-        cb.delete_key(model_a.key_id)
+        key_id = model_a.key_id
+        cb.delete_key(key_id)
         with pytest.raises(NotFoundError, match="unknown, expired or erased"):
-            model_a.predict(rows)
+            infer_with_key(model_a, key_id, rows)
         with pytest.raises(NotFoundError):
-            ca.key_status(model_a.key_id)
+            ca.key_status(key_id)
 
 
 def test_nginx_spreads_requests_over_both_instances(cluster, rows):
@@ -115,7 +117,7 @@ def test_keys_survive_a_redis_restart_and_a_redis_crash(cluster, rows):
 
 def test_redis_down_is_a_clear_503_and_the_service_recovers_by_itself(cluster, rows):
     workers = cluster.a.worker_pids() | cluster.b.worker_pids()
-    with Client(cluster.nginx.url, timeout=30) as c:
+    with Client(cluster.nginx.url, timeout=30, unavailable_wait=0) as c:  # see each 503, do not wait it out
         model = c.model(MODEL)
         expected = model.decision_function(rows)
         cluster.redis.stop()
@@ -145,6 +147,22 @@ def test_redis_down_is_a_clear_503_and_the_service_recovers_by_itself(cluster, r
         assert requests.get(cluster.nginx.url + "/v2/health/ready", timeout=5).status_code == 200
     assert cluster.a.worker_pids() | cluster.b.worker_pids() == workers  # no worker died
     assert "Traceback" not in cluster.a.log() + cluster.b.log()
+
+
+def test_the_sdk_waits_out_a_short_key_store_outage(cluster, rows):
+    with Client(cluster.nginx.url, timeout=30) as c:
+        model = c.model(MODEL)
+        expected = model.decision_function(rows)
+        cluster.redis.stop()
+        restart = threading.Timer(1.0, cluster.redis.start)
+        restart.start()
+        try:
+            started = time.monotonic()
+            # 503 with Retry-After: 2 while Redis is down; the SDK waits 2 s and asks again, once.
+            np.testing.assert_allclose(model.decision_function(rows), expected, atol=1e-3)
+            assert 1.5 < time.monotonic() - started < 10
+        finally:
+            restart.join()
 
 
 def test_an_instance_killed_under_load_loses_no_key_and_no_request(cluster, rows):

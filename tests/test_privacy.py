@@ -15,7 +15,7 @@ from client.keys import SecretContext
 from models.recipes import breast_cancer_split
 from protocol import seal_io
 
-from .helpers import decode_outputs, encrypt_single, infer_message, model_spec, post_binary, register
+from .helpers import decode_outputs, encrypt_single, infer_message, infer_with_key, model_spec, post_binary, register
 from .serverproc import start_server
 
 
@@ -181,10 +181,15 @@ def test_keys_expire_after_their_time_to_live(short_ttl_server):
         status = client.key_status(key_id)
         assert 0 < status["expires_in_seconds"] <= 2
         time.sleep(2.5)
-        with pytest.raises(NotFoundError, match="expired"):
-            model.predict(x_test[:2])
+        with pytest.raises(NotFoundError, match="expired") as refused:
+            infer_with_key(model, key_id, x_test[:2])
+        assert refused.value.code == "key_not_found"
         with pytest.raises(NotFoundError):
             client.key_status(key_id)
+        # The SDK registers again by itself when the server's copy has expired.
+        model.predict(x_test[:2])
+        assert model.key_id not in (None, key_id)
+        model.delete_key()
     # Registering again sweeps what expired: nothing of the old key is left on disk.
     spec = model_spec(server.url, "breast-cancer-logreg")
     register(server.url, SecretContext.generate(spec.ckks), spec.rotation_steps)

@@ -12,6 +12,7 @@ from client import AuthenticationError, Client, NotFoundError
 from models.recipes import diabetes_split
 from server.auth import APIKeys, Unauthorized
 
+from .helpers import infer_with_key
 from .serverproc import start_server
 
 ALICE, BOB = "alice-secret-token", "bob-secret-token"
@@ -53,9 +54,8 @@ def test_a_tenant_cannot_use_read_or_erase_another_tenants_key(secured):
         with pytest.raises(NotFoundError):
             bob.delete_key(key_id)
         intruder = bob.model("diabetes-linreg", secret_context=model.secret_context)
-        intruder.key_id = key_id
         with pytest.raises(NotFoundError, match="unknown, expired or erased"):
-            intruder.predict(x_test[:2])
+            infer_with_key(intruder, key_id, x_test[:2])
         # Alice's key is untouched by all of that.
         assert alice.key_status(key_id)["status"] == "active"
         assert np.allclose(model.predict(x_test[:2]), expected, atol=1e-3)
