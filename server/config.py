@@ -38,6 +38,7 @@ class ServerConfig:
     api_keys_file: Path | None = None
     api_keys: str = ""  # inline "tenant:key,tenant:key" (prefer the file)
     auth_exempt_health: bool = True
+    auth_exempt_metrics: bool = False  # true where only the network (not an API key) guards /metrics
     gunicorn_config_file: Path | None = None  # None: server/gunicorn_conf.py; deploy/gunicorn.conf.py extends it
 
     @classmethod

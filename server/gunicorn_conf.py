@@ -22,7 +22,8 @@ max_requests_jitter = 2000
 limit_request_line = 4094
 limit_request_fields = 50
 # Access logging costs ~10% of a single-sample request's time in the worker: opt-in.
-accesslog = "-" if os.environ.get("HESERVE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on") else None
+access_log_on = os.environ.get("HESERVE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
+accesslog = "-" if access_log_on else None
 errorlog = "-"
 loglevel = os.environ.get("HESERVE_LOG_LEVEL", "info")
 # Request line, status, size and duration only: no bodies, no query strings.
@@ -37,7 +38,12 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        # With a logconfig_dict gunicorn writes access lines whatever `accesslog` says: silence the logger.
+        "gunicorn.access": {
+            "level": "INFO" if access_log_on else "CRITICAL",
+            "handlers": ["stderr"],
+            "propagate": False,
+        },
     },
 }
 control_socket_disable = True  # several instances may share a machine

@@ -70,6 +70,8 @@ def authenticate() -> None:
     svc = services()
     if svc.config.auth_exempt_health and request.path.startswith("/v2/health/"):
         return
+    if svc.config.auth_exempt_metrics and request.path == "/metrics":
+        return
     g.tenant = svc.api_keys.tenant(request.headers.get("Authorization"))
 
 

@@ -51,10 +51,16 @@ def test_counters_add_up_across_workers(server):
 
 
 def test_the_metrics_directory_made_for_a_server_is_removed_when_it_stops(tmp_path):
-    server = start_server(tmp_path, workers=1)
+    server = start_server(tmp_path, workers=1, access_log="true")
     environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().split(b"\0")
     directory = Path(next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode())
     requests.get(f"{server.url}/v2/models", timeout=10)
     assert any(directory.glob("*.db"))
     server.stop()
     assert not directory.exists()
+    assert '"logger":"gunicorn.access"' in server.log()  # opted in here
+
+
+def test_access_log_is_off_unless_asked_for(server):
+    requests.get(f"{server.url}/v2/models", timeout=10)
+    assert '"logger":"gunicorn.access"' not in server.log()

@@ -72,3 +72,14 @@ def test_api_key_parsing_and_constant_time_lookup(tmp_path):
     bad.write_text("only-one-field\n")
     with pytest.raises(ValueError, match="expected 'tenant key'"):
         APIKeys.load(bad)
+
+
+def test_metrics_need_an_api_key_unless_exempted(secured, tmp_path):
+    assert requests.get(f"{secured.url}/metrics", timeout=10).status_code == 401
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    app = create_app(ServerConfig(keys_dir=tmp_path, api_keys=f"alice:{ALICE}", auth_exempt_metrics=True))
+    with app.test_client() as http:
+        assert http.get("/metrics").status_code == 200
+        assert http.get("/v2/models").status_code == 401
