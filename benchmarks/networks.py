@@ -2,13 +2,15 @@
 
 Server-side figures time the worker's own code path in process (parse, evaluate,
 serialize); end-to-end figures go through the SDK and gunicorn over loopback HTTP.
+Every timed call starts from raw pixels: the manifest's preprocessing is part of each workload
+(plaintext folds it into the first layer).
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import tenseal as ts
@@ -16,21 +18,26 @@ import tenseal.sealapi as sealapi
 import torch
 
 from client import Client
-from client.client import RemoteModel
 from client.keys import SecretContext
+from client.postprocess import preprocess
 from models.nets import digits_split, mnist_size_split
-from protocol import seal_io, v2
-from server.config import ServerConfig
-from server.inference import infer
-from server.services import Services
+from protocol import seal_io
 
-from .stats import latencies, summary
+from .inprocess import InProcess
+from .linear import BASELINE, END_TO_END, HTTP, INPROCESS, PLAINTEXT, SERVER_SIDE, TENSEAL_SLOTS
+from .stats import agreement, latencies, summary
+from .stats import one_thread as blas_one_thread
 
 SPLITS = {"digits-mlp": digits_split, "digits-cnn": digits_split, "mnist-size-mlp": mnist_size_split}
 
 
-def torch_model(plan) -> torch.nn.Module:
-    """The served network as plain torch layers (conv already folded into its dense matrix)."""
+def torch_model(plan, pre: dict | None = None) -> torch.nn.Module:
+    """The served network as plain torch layers (conv already folded into its dense matrix); with a
+    standardizing `pre`, the standardization is folded into the first layer, so it takes raw pixels."""
+    W1, b1 = np.asarray(plan.W1, dtype=np.float64), np.asarray(plan.b1, dtype=np.float64)
+    if pre and pre.get("type") == "standardize":
+        scale, mean = np.asarray(pre["scale"], dtype=np.float64), np.asarray(pre["mean"], dtype=np.float64)
+        W1, b1 = W1 / scale, b1 - (W1 / scale) @ mean
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -38,8 +45,8 @@ def torch_model(plan) -> torch.nn.Module:
             self.l1 = torch.nn.Linear(plan.n_features, plan.n_hidden).double()
             self.l2 = torch.nn.Linear(plan.n_hidden, plan.n_outputs).double()
             with torch.no_grad():
-                self.l1.weight.copy_(torch.tensor(plan.W1))
-                self.l1.bias.copy_(torch.tensor(plan.b1))
+                self.l1.weight.copy_(torch.tensor(W1))
+                self.l1.bias.copy_(torch.tensor(b1))
                 self.l2.weight.copy_(torch.tensor(plan.W2))
                 self.l2.bias.copy_(torch.tensor(plan.b2))
 
@@ -48,6 +55,18 @@ def torch_model(plan) -> torch.nn.Module:
             return self.l2(h * (h + plan.beta))
 
     return Net().eval()
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Plaintext torch on one thread (and one BLAS thread): see stats.one_thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with blas_one_thread():
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tenseal_context() -> ts.Context:
@@ -68,118 +87,312 @@ def tenseal_galois_bytes(context: ts.Context) -> int:
     return len(with_keys.serialize(save_galois_keys=True)) - len(without.serialize(save_galois_keys=False))
 
 
-def bench_network(name: str, url: str, samples: int, naive_samples: int, context: ts.Context) -> list[dict]:
-    _, x_test, _, _ = SPLITS[name]()
-    rows = len(x_test)
-    with tempfile.TemporaryDirectory() as tmp:
-        services = Services.build(ServerConfig.from_env(keys_dir=Path(tmp)))
-        served = services.registry.get(name)
-        plan = served.plan
-        z = x_test / 16.0
-        results = []
+def tenseal_relin_bytes(context: ts.Context) -> int:
+    """The relinearization keys in TenSEAL's public context: all the column-wise batch evaluation needs."""
+    public = context.copy()
+    public.make_context_public()
+    return len(public.serialize(save_galois_keys=False, save_relin_keys=True)) - len(
+        public.serialize(save_galois_keys=False, save_relin_keys=False)
+    )
 
-        def row(workload: str, layout: str, stats: dict, **extra) -> None:
-            results.append({"model": name, "workload": workload, "layout": layout, **stats, **extra})
 
-        net = torch_model(plan)
-        zt = torch.tensor(z)
-        with torch.no_grad():
-            row("plaintext torch", "single", summary(latencies(lambda i: net(zt[i % rows : i % rows + 1]), samples)))
-            big = zt[np.arange(4096) % rows]
-            row("plaintext torch", "batch", summary(latencies(lambda i: net(big), 10), 4096))
+STEPS = 5  # progress steps of bench_network: plaintext, single sample, TenSEAL batch, server-side batch, HTTP
 
-        # TenSEAL naive: mm, square, mm on one sample (encryption included, as a TenSEAL user writes it).
-        W1, W2 = plan.W1.T.tolist(), plan.W2.T.tolist()
 
-        def naive(i: int):
-            h = ts.ckks_vector(context, z[i % rows]).mm(W1) + plan.b1.tolist()
-            h = h * (h + plan.beta)
-            return h.mm(W2) + plan.b2.tolist()
+class Network:
+    """A shipped network: its compiled plan, preprocessing and test rows."""
 
-        # This service, server side in process: the worker's code path from request bytes to response bytes.
-        secret = SecretContext.generate(served.spec.ckks)
-        body, length = secret.evaluation_key_request(served.spec.rotation_steps, relin_keys=True)
-        record = services.keys.register(body, length)
-        remote = RemoteModel(Client("http://in-process"), name, served.metadata(), secret_context=secret)
-        remote.key_id = record.key_id
+    def __init__(self, name: str, engine: InProcess):
+        _, self.x, _, _ = SPLITS[name]()
+        self.name = name
+        self.served = engine.services.registry.get(name)
+        self.plan = self.served.plan
+        self.pre = self.served.manifest.get("preprocess", {"type": "identity"})
+        self.postprocess = self.served.manifest.get("postprocess", {"type": "identity"})
 
-        def server_side(request) -> tuple[float, list[bytes]]:
-            message = v2.Message(
-                [v2.Tensor("ciphertext", "BYTES", request.shape, request.ciphertexts)],
-                parameters={"key_id": record.key_id, "layout": request.layout, "rows": request.rows},
-            )
-            payload, header = v2.encode(message, "inputs", binary=True)
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        return preprocess(np.atleast_2d(x), self.pre)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Plaintext raw outputs (rows, outputs): what the encrypted outputs are compared with."""
+        return self.served.plaintext_predict(np.atleast_2d(x))
+
+    def tiled(self, rows: int) -> np.ndarray:
+        return self.x[np.arange(rows) % len(self.x)]
+
+
+def naive_single(net: Network, context: ts.Context) -> Callable[[np.ndarray], ts.CKKSVector]:
+    """One row with TenSEAL's high-level API: encrypt, mm, x*(x+beta), mm (biases added)."""
+    plan = net.plan
+    W1, W2 = plan.W1.T.tolist(), plan.W2.T.tolist()
+    b1, b2 = plan.b1.tolist(), plan.b2.tolist()
+
+    def run(row: np.ndarray) -> ts.CKKSVector:
+        h = ts.ckks_vector(context, net.standardize(row)[0]).mm(W1) + b1
+        h = h * (h + plan.beta)
+        return h.mm(W2) + b2
+
+    return run
+
+
+def _weighted_sum(vectors: list, weights: np.ndarray, bias: float):
+    acc = None
+    for vector, weight in zip(vectors, weights, strict=True):
+        if weight != 0.0:  # SEAL refuses a product with an all-zero plaintext (and a folded conv has many)
+            term = vector * float(weight)
+            acc = term if acc is None else acc + term
+    return acc + bias
+
+
+def naive_batch(net: Network, context: ts.Context, x: np.ndarray) -> list[list[ts.CKKSVector]]:
+    """Many rows with TenSEAL's high-level API: one vector per input feature (4,096 rows each),
+    each hidden unit a weighted sum of them, squared, each output a weighted sum of those."""
+    plan = net.plan
+    out = []
+    for start in range(0, len(x), TENSEAL_SLOTS):
+        z = net.standardize(x[start : start + TENSEAL_SLOTS])
+        columns = [ts.ckks_vector(context, z[:, j]) for j in range(z.shape[1])]
+        hidden = [_weighted_sum(columns, plan.W1[k], float(plan.b1[k])) for k in range(plan.n_hidden)]
+        hidden = [h * (h + plan.beta) for h in hidden]
+        out.append([_weighted_sum(hidden, plan.W2[m], float(plan.b2[m])) for m in range(plan.n_outputs)])
+    return out
+
+
+def naive_batch_ops(net: Network) -> int:
+    """Scalar products the column-wise TenSEAL evaluation needs per chunk of 4,096 rows."""
+    return int(np.count_nonzero(net.plan.W1) + np.count_nonzero(net.plan.W2))
+
+
+def naive_outputs(chunks: list[list[ts.CKKSVector]], rows: int) -> np.ndarray:
+    blocks = [np.column_stack([np.array(v.decrypt()) for v in chunk]) for chunk in chunks]
+    return np.concatenate(blocks, axis=0)[:rows]
+
+
+def bench_network(
+    name: str,
+    url: str,
+    samples: int,
+    naive_samples: int,
+    context: ts.Context,
+    *,
+    engine: InProcess,
+    batch_rows: int = 4096,
+    plain_calls: int = 10,
+    batch_calls: int = 3,
+    http_batch_calls: int = 1,
+    naive_batch_calls: int = 0,
+    tick: Callable[[str], None] = lambda label: None,
+) -> list[dict]:
+    """naive_samples = 0 skips the TenSEAL single-sample baseline, naive_batch_calls = 0 its batch one."""
+    net = Network(name, engine)
+    x_test, rows, plan, pp = net.x, len(net.x), net.plan, net.postprocess
+    galois_bytes = tenseal_galois_bytes(context) if naive_samples else None
+    results = []
+
+    def row(workload: str, role: str, layout: str, stats: dict, **extra) -> None:
+        results.append(
+            {"model": name, "family": "network", "workload": workload, "role": role, "layout": layout, **stats, **extra}
+        )
+
+    tick(f"{name}: plaintext")
+    model = torch_model(plan, net.pre)  # from raw pixels: standardization folded into the first layer
+    batch_x = net.tiled(batch_rows)
+    expected_b = net.predict(batch_x)
+    with torch.no_grad(), one_thread():
+        row(
+            "plaintext torch",
+            PLAINTEXT,
+            "single",
+            summary(latencies(lambda i: model(torch.from_numpy(x_test[i % rows : i % rows + 1])), samples)),
+        )
+        row(
+            "plaintext torch",
+            PLAINTEXT,
+            "batch",
+            summary(latencies(lambda i: model(torch.from_numpy(batch_x)), plain_calls), batch_rows),
+        )
+
+    # TenSEAL naive (encryption included, as a TenSEAL user writes it) and the server-side path
+    # alternate, so that both see the same machine load.
+    tick(f"{name}: single sample")
+    session = engine.session(name)
+    remote = session.remote
+    single_requests = [remote.encrypt(x_test[i % rows : i % rows + 1], "single")[0] for i in range(samples)]
+    naive = naive_single(net, context)
+    session.call(single_requests[0])
+    naive_times, naive_got, single_server, server_got = [], [], [], []
+    rounds = max(1, naive_samples)
+    per_round = max(1, len(single_requests) // rounds)
+    if naive_samples:
+        naive(x_test[0])  # warm-up
+    for i in range(rounds):
+        if naive_samples:
             start = time.perf_counter()
-            out, out_length = infer(served, services.keys, payload, header, True, 256)
-            elapsed = time.perf_counter() - start
-            return elapsed, v2.decode(out, out_length, "outputs").tensors[0].data
-
-        single_requests = [remote.encrypt(x_test[i : i + 1], "single")[0] for i in range(min(samples, 20))]
-        # TenSEAL naive and the server-side path alternate, so that both see the same machine load.
-        warm = naive(0)
-        server_side(single_requests[0])
-        naive_times, single_server = [], []
-        per_round = max(1, len(single_requests) // naive_samples)
-        for i in range(naive_samples):
-            start = time.perf_counter()
-            naive(i)
+            out = naive(x_test[i % rows])
             naive_times.append(time.perf_counter() - start)
-            for request in single_requests[i * per_round : (i + 1) * per_round]:
-                single_server.append(server_side(request)[0])
-        naive_times, single_server = np.array(naive_times), np.array(single_server)
-        naive_err = float(np.max(np.abs(np.array(warm.decrypt()) - served.plaintext_predict(x_test[:1])[0])))
+            naive_got.append(out.decrypt()[: plan.n_outputs])
+        chunk = single_requests[i * per_round : (i + 1) * per_round if i + 1 < rounds else None]
+        for request in chunk:
+            elapsed, blobs = session.call(request)
+            single_server.append(elapsed)
+            server_got.append(remote.decrypt(request, blobs))
+    if naive_samples:
         row(
             "tenseal naive (mm, square, mm)",
+            BASELINE,
             "single",
-            summary(naive_times),
-            eval_key_bytes=tenseal_galois_bytes(context),
-            max_abs_error=naive_err,
+            summary(np.array(naive_times)),
+            upload_bytes_per_row=len(ts.ckks_vector(context, net.standardize(x_test[0])[0]).serialize()),
+            eval_key_bytes=galois_bytes,
+            eval_keys="TenSEAL's default Galois keys (relinearization keys and public key not counted)",
+            **agreement(np.array(naive_got), net.predict(x_test[np.arange(rounds) % rows]), pp),
         )
+    row(
+        SERVER_SIDE,
+        INPROCESS,
+        "single",
+        summary(np.array(single_server)),
+        eval_key_bytes=session.eval_key_bytes,
+        eval_keys="seeded Galois keys for the plan's rotation steps and relinearization keys",
+        upload_bytes_per_row=single_requests[0].nbytes,
+        **agreement(np.concatenate(server_got), net.predict(net.tiled(len(server_got))), pp),
+    )
+    del single_requests
 
-        elapsed, blobs = server_side(single_requests[0])
-        got = remote.decrypt(single_requests[0], blobs)
+    tick(f"{name}: tenseal batch")
+    if naive_batch_calls:
+        outs: list = []
+        times = latencies(lambda i: naive_batch(net, context, batch_x), naive_batch_calls, warmup=0, outputs=outs)
+        column = len(ts.ckks_vector(context, np.zeros(min(batch_rows, TENSEAL_SLOTS))).serialize())
         row(
-            "service, server side",
-            "single",
-            summary(single_server),
-            eval_key_bytes=record.size_bytes,
-            upload_bytes=single_requests[0].nbytes,
-            max_abs_error=float(np.max(np.abs(got - served.plaintext_predict(x_test[:1])))),
-        )
-        batch_x = x_test[np.arange(4096) % rows]
-        start = time.perf_counter()
-        batch_requests = remote.encrypt(batch_x, "batch")
-        client_encrypt = time.perf_counter() - start
-        server_side(batch_requests[0])  # warm-up: first touch of the large buffers
-        batch_server = []
-        for _ in range(3):
-            total = 0.0
-            for request in batch_requests:
-                elapsed, blobs = server_side(request)
-                total += elapsed
-            batch_server.append(total)
-        got = remote.decrypt(batch_requests[-1], blobs)
-        row(
-            "service, server side",
+            "tenseal naive (columns: weighted sums, square)",
+            BASELINE,
             "batch",
-            summary(np.array(batch_server), 4096),
-            upload_bytes_per_row=sum(r.nbytes for r in batch_requests) / 4096,
-            client_encrypt_s=client_encrypt,
-            max_abs_error=float(np.max(np.abs(got - served.plaintext_predict(batch_x[-len(got) :])))),
+            summary(times, batch_rows),
+            upload_bytes_per_row=column * plan.n_features * -(-batch_rows // TENSEAL_SLOTS) / batch_rows,
+            eval_key_bytes=tenseal_relin_bytes(context),
+            eval_keys="TenSEAL's relinearization keys (no rotation: no Galois keys)",
+            scalar_products=naive_batch_ops(net),
+            **agreement(naive_outputs(outs[-1], batch_rows), expected_b, pp),
         )
+        del outs
 
-        # End to end over HTTP through gunicorn.
-        with Client(url, timeout=600) as client:
-            model = client.model(name)
-            model.register()
-            e2e = latencies(
-                lambda i: model.raw_scores(x_test[i % rows : i % rows + 1], layout="single"), min(samples, 20), warmup=1
+    tick(f"{name}: server-side batch")
+    start = time.perf_counter()
+    batch_requests = remote.encrypt(batch_x, "batch")
+    client_encrypt = time.perf_counter() - start
+    batch_upload = sum(r.nbytes for r in batch_requests) / batch_rows
+    times, got = session.repeat(batch_requests, batch_calls)
+    del batch_requests
+    # The batch layout rotates nothing: a client using only it registers relinearization keys alone.
+    batch_keys = len(remote.secret_context.evaluation_key_request((), relin_keys=True)[0])
+    row(
+        SERVER_SIDE,
+        INPROCESS,
+        "batch",
+        summary(times, batch_rows),
+        upload_bytes_per_row=batch_upload,
+        eval_key_bytes=batch_keys,
+        eval_keys="seeded relinearization keys (the batch layout rotates nothing)",
+        client_encrypt_s=client_encrypt,
+        **agreement(got, expected_b, pp),
+    )
+    session.close()
+
+    # End to end over HTTP through gunicorn: encrypt, send, evaluate, return, decrypt.
+    tick(f"{name}: HTTP")
+    with Client(url, timeout=600) as client:
+        http = client.model(name)
+        http.register()
+        outs = []
+        e2e = latencies(
+            lambda i: http.raw_scores(x_test[i % rows : i % rows + 1], layout="single"), samples, warmup=1, outputs=outs
+        )
+        row(
+            END_TO_END,
+            HTTP,
+            "single",
+            summary(e2e),
+            upload_bytes_per_row=http.encrypt(x_test[:1], "single")[0].nbytes,
+            eval_key_bytes=client.key_status(http.key_id)["size_bytes"],
+            eval_keys="seeded Galois keys for the plan's rotation steps and relinearization keys (as stored)",
+            **agreement(np.concatenate(outs), net.predict(net.tiled(samples)), pp),
+        )
+        outs = []
+        e2e_batch = latencies(
+            lambda i: http.raw_scores(batch_x, layout="batch"), http_batch_calls, warmup=0, outputs=outs
+        )
+        row(
+            END_TO_END,
+            HTTP,
+            "batch",
+            summary(e2e_batch, batch_rows),
+            upload_bytes_per_row=batch_upload,
+            eval_key_bytes=batch_keys,
+            eval_keys="seeded relinearization keys (the batch layout rotates nothing)",
+            **agreement(outs[-1], expected_b, pp),
+        )
+        http.delete_key()
+    return results
+
+
+def sweep(
+    name: str,
+    url: str,
+    engine: InProcess,
+    context: ts.Context,
+    batch_sizes: list[int],
+    single_sizes: list[int],
+    calls: int,
+    naive_batch_calls: int = 0,
+    tick: Callable[[str], None] = lambda label: None,
+) -> list[dict]:
+    """Rows/s against the number of rows per call: plaintext torch, the service over HTTP in both
+    layouts, and (with naive_batch_calls) TenSEAL's column-wise evaluation."""
+    net = Network(name, engine)
+    model = torch_model(net.plan, net.pre)
+    points = []
+    warmup = 1 if calls > 1 else 0  # the server is warm already: one call per point is a rough figure
+
+    def point(workload: str, role: str, layout: str, seconds: np.ndarray, rows: int) -> None:
+        points.append({"model": name, "workload": workload, "role": role, "layout": layout, **summary(seconds, rows)})
+
+    with Client(url, timeout=600) as client, torch.no_grad():
+        remote = client.model(name)
+        remote.register()
+        for size in batch_sizes:
+            tick(f"{name}: {size} rows")
+            x = net.tiled(size)
+            with one_thread():
+                plain = latencies(lambda i, x=x: model(torch.from_numpy(x)), calls * 4)
+            point("plaintext torch", PLAINTEXT, "batch", plain, size)
+            if naive_batch_calls:
+                point(
+                    "tenseal naive (columns: weighted sums, square)",
+                    BASELINE,
+                    "batch",
+                    latencies(lambda i, x=x: naive_batch(net, context, x), naive_batch_calls, warmup=0),
+                    size,
+                )
+            point(
+                END_TO_END,
+                HTTP,
+                "batch",
+                latencies(lambda i, x=x: remote.raw_scores(x, layout="batch"), calls, warmup=warmup),
+                size,
             )
-            row("service over HTTP (end to end)", "single", summary(e2e))
-            e2e_batch = latencies(lambda i: model.raw_scores(batch_x, layout="batch"), 1, warmup=0)
-            row("service over HTTP (end to end)", "batch", summary(e2e_batch, 4096))
-            model.delete_key()
-        return results
+        for size in single_sizes:
+            tick(f"{name}: {size} rows, single")
+            x = net.tiled(size)
+            point(
+                END_TO_END,
+                HTTP,
+                "single",
+                latencies(lambda i, x=x: remote.raw_scores(x, layout="single"), calls, warmup=warmup),
+                size,
+            )
+        remote.delete_key()
+    return points
 
 
 def _ms(fn, n: int = 10) -> float:
