@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-packages demo test lint bench models clean
+.PHONY: setup system-packages demo serve test lint bench models clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ models: setup
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# The server in the foreground on 127.0.0.1:8000 (embedded key store), for the SDK, the command
+# line (python -m client) and the notebooks (HESERVE_URL=http://127.0.0.1:8000). Ctrl-C stops it.
+serve: setup
+	$(PY) -m server --port 8000
 
 test: setup system-packages
 	$(PY) -m ruff check .

@@ -8,6 +8,7 @@ with the time each step took. Then stops the server.
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -60,6 +61,28 @@ def ensure_models() -> None:
         if not (directory / artifact.MANIFEST).exists():
             print(f"training {name} ...")
             recipe(directory)
+
+
+def command_line_demo(url: str, rows: np.ndarray) -> None:
+    """The same prediction for people who do not write Python: CSV in, predictions out."""
+    names = artifact.load(ROOT / "models" / "breast-cancer-logreg").manifest["input_names"]
+    with tempfile.TemporaryDirectory(prefix="heserve-demo-cli-") as tmp:
+        csv_in, csv_out = Path(tmp) / "rows.csv", Path(tmp) / "predictions.csv"
+        with csv_in.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(names)
+            writer.writerows([f"{v:g}" for v in row] for row in rows)
+        command = [
+            sys.executable, "-m", "client", "predict", "--server", url, "--model", "breast-cancer-logreg",
+            "--input", str(csv_in), "--output", str(csv_out), "--proba", "--quiet", "--erase-key",
+            "--key-file", str(Path(tmp) / "bc.key"),
+        ]  # fmt: skip
+        subprocess.run(command, cwd=ROOT, check=True)
+        print(
+            f"\ncommand line: python -m client predict --model breast-cancer-logreg --input rows.csv "
+            f"--output predictions.csv --proba  ({len(rows)} rows, {len(names)} columns)"
+        )
+        print("\n".join(csv_out.read_text().splitlines()[:4]) + "\n...")
 
 
 def main() -> int:
@@ -131,9 +154,12 @@ def main() -> int:
             t = time.perf_counter()
             predicted = network.predict(digits[:8], layout="single")
             t_net = time.perf_counter() - t
-            print(f"digits-mlp (64-32-x^2-10, N=8192), 8 images one by one, encrypted: {predicted.tolist()} "
-                  f"(truth {digit_labels[:8].tolist()}) in {t_net * 1e3:.0f} ms with key registration")
+            print(
+                f"digits-mlp (64-32-x^2-10, N=8192), 8 images one by one, encrypted: {predicted.tolist()} "
+                f"(truth {digit_labels[:8].tolist()}) in {t_net * 1e3:.0f} ms with key registration"
+            )
             network.delete_key()
+        command_line_demo(url, x_test[:6])
         return 0
     finally:
         server.send_signal(signal.SIGTERM)
