@@ -385,7 +385,8 @@ class RemoteModel:
 
     def send(self, request: EncryptedRequest) -> list[bytes]:
         """Send one encrypted request; returns the result ciphertexts (still encrypted)."""
-        try:
+
+        def attempt() -> list[bytes]:
             results, _ = self.client.infer_ciphertexts(
                 self.name,
                 self.register(),
@@ -395,21 +396,16 @@ class RemoteModel:
                 request.rows,
                 request.bindings,
             )
+            return results
+
+        try:
+            return attempt()
         except NotFoundError as exc:
             if exc.code != "key_not_found":
                 raise
             # The server's copy expired (its time to live) or was erased: register again, once.
             self.key_id = None
-            results, _ = self.client.infer_ciphertexts(
-                self.name,
-                self.register(),
-                request.layout,
-                request.ciphertexts,
-                request.shape,
-                request.rows,
-                request.bindings,
-            )
-        return results
+            return attempt()
 
     def decrypt(self, request: EncryptedRequest, results: list[bytes]) -> np.ndarray:
         """Decrypt result ciphertexts locally: raw outputs of shape (rows, n_outputs)."""
