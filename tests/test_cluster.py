@@ -37,21 +37,26 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster")
-    redis_server = start_redis(tmp / "redis")
-    env = {
-        "key_store": "redis",
-        "redis_url": redis_server.url,
-        "redis_timeout_seconds": "1",
-        "gunicorn_config_file": str(DEPLOY / "gunicorn.conf.py"),
-    }
-    a = start_server(tmp / "a", workers=1, **env)
-    b = start_server(tmp / "b", workers=1, **env)
-    nginx = start_nginx(tmp / "nginx", [a.url.removeprefix("http://"), b.url.removeprefix("http://")])
-    yield Cluster(redis_server, a, b, nginx)
-    nginx.stop()
-    a.stop()
-    b.stop()
-    redis_server.stop()
+    started: list = []  # stopped in reverse order, also when a later start fails
+    try:
+        redis_server = start_redis(tmp / "redis")
+        started.append(redis_server)
+        env = {
+            "key_store": "redis",
+            "redis_url": redis_server.url,
+            "redis_timeout_seconds": "1",
+            "gunicorn_config_file": str(DEPLOY / "gunicorn.conf.py"),
+        }
+        a = start_server(tmp / "a", workers=1, **env)
+        started.append(a)
+        b = start_server(tmp / "b", workers=1, **env)
+        started.append(b)
+        nginx = start_nginx(tmp / "nginx", [a.url.removeprefix("http://"), b.url.removeprefix("http://")])
+        started.append(nginx)
+        yield Cluster(redis_server, a, b, nginx)
+    finally:
+        for process in reversed(started):
+            process.stop()
 
 
 @pytest.fixture(scope="module")
