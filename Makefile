@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-packages demo serve test lint bench models clean
+.PHONY: setup system-packages demo serve test lint bench bench-fleet models clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: setup system-packages
 
 bench: setup
 	$(PY) -m benchmarks
+
+# Several instances behind nginx with keys in Redis, key-cache cost, capacity per core (~6 min).
+bench-fleet: setup system-packages
+	$(PY) -m benchmarks.fleet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -78,6 +78,9 @@ def test_keys_registered_through_one_instance_serve_through_the_other(cluster, r
         logits = through_b.decision_function(rows).reshape(-1)
         assert cb.key_status(key_id)["key_id"] == key_id
     np.testing.assert_allclose(logits, plaintext_logits(cluster.b.url, rows), atol=1e-3)
+    report = requests.get(cluster.nginx.url + "/v2/privacy", timeout=10).json()
+    assert report["live_settings"]["key_store"] == "redis" and "Redis" in report["stored"][0]["where"]
+    assert report["live_settings"]["registered_keys"] >= 1
     # The instances run with the operator's gunicorn configuration from deploy/.
     command_line = Path(f"/proc/{cluster.a.process.pid}/cmdline").read_bytes().replace(b"\0", b" ")
     assert b"deploy/gunicorn.conf.py" in command_line
