@@ -18,9 +18,5 @@ keepalive = 10
 # Client addresses in the access log come from nginx's X-Forwarded-For, trusted from these only.
 forwarded_allow_ips = os.environ.get("HESERVE_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
-# Longer than nginx's proxy_read_timeout is pointless; shorter cuts long batch requests.
-timeout = int(os.environ.get("HESERVE_TIMEOUT_SECONDS", "60"))
-
-# A rolling restart drains in-flight requests before the worker exits; Kubernetes'
-# terminationGracePeriodSeconds must exceed this.
-graceful_timeout = 20
+# Inherited unchanged: timeout (HESERVE_TIMEOUT_SECONDS, below nginx's proxy_read_timeout of
+# 75 s) and graceful_timeout (20 s; a unit's stop timeout or Kubernetes' grace period exceeds it).

@@ -24,8 +24,9 @@ class SpecError(ValueError):
 class LayoutSpec:
     """One input layout a model accepts.
 
-    single: one sample per ciphertext, the feature vector zero-padded to `period`
-        slots and tiled across all slots; outputs come back in slots 0..n_outputs-1.
+    single: one sample per request row. Linear models: one ciphertext, the feature vector
+        zero-padded to `period` slots and tiled across all slots. Networks: `packing`
+        spreads the features over a few ciphertexts (protocol.packing.PackedLayout).
     batch: ciphertext j holds feature j of up to `capacity` samples (sample r in slot r);
         output ciphertext k holds output k of every sample.
     """
@@ -35,7 +36,7 @@ class LayoutSpec:
     rotation_steps: tuple[int, ...] = ()
     period: int = 0
     method: str = ""
-    packing: dict | None = None  # networks' single layout: see server.network.PackedLayout
+    packing: dict | None = None  # networks' single layout: see protocol.packing.PackedLayout
     seeded: bool = True  # False: send full ciphertexts, uncompressed (the server reads their coefficients)
     scale_bits: int | None = None  # input scale of this layout, when it differs from the model's
 

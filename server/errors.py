@@ -39,10 +39,6 @@ class KeyNotFound(NotFound):
     code = "key_not_found"
 
 
-class UnsupportedMediaType(APIError):
-    status = 415
-
-
 class Forbidden(APIError):
     status = 403
 

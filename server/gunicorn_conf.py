@@ -9,11 +9,15 @@ heartbeat. Values come from HESERVE_* environment variables set by `python -m se
 
 import os
 
-bind = f"{os.environ.get('HESERVE_HOST', '127.0.0.1')}:{os.environ.get('HESERVE_PORT', '8000')}"
-workers = int(os.environ.get("HESERVE_WORKERS", "0")) or (os.cpu_count() or 1)
+from server.config import ServerConfig
+
+_config = ServerConfig.from_env()  # the same defaults and HESERVE_* parsing as the application
+
+bind = f"{_config.host}:{_config.port}"
+workers = _config.effective_workers()
 worker_class = "gthread"
 threads = int(os.environ.get("HESERVE_THREADS", "4"))
-timeout = int(os.environ.get("HESERVE_TIMEOUT_SECONDS", "60"))
+timeout = _config.timeout_seconds
 graceful_timeout = 20
 keepalive = 5
 # Recycle workers now and then so a slow leak in native code cannot grow without bound.
@@ -25,7 +29,7 @@ limit_request_fields = 50
 access_log_on = os.environ.get("HESERVE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
 accesslog = "-" if access_log_on else None
 errorlog = "-"
-loglevel = os.environ.get("HESERVE_LOG_LEVEL", "info")
+loglevel = _config.log_level
 # Request line, status, size and duration only: no bodies, no query strings.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 proc_name = "heserve"

@@ -89,11 +89,14 @@ def _infer_encrypted(
     if len(request.tensors) != 1 or request.tensors[0].datatype != "BYTES":
         raise BadRequest(f"an encrypted request carries one BYTES tensor of ciphertexts ({CIPHERTEXT!r})")
     tensor = request.tensors[0]
-    eval_keys = keys.evaluation_keys(key_id, owner)
-    _check_bindings(params.get("bindings"), tensor.data, eval_keys.record.binding_key, key_id)
-    if eval_keys.record.params != model.spec.ckks.to_json():
+    # Everything the record alone can refuse is refused before the keys are fetched and deserialized.
+    record = keys.record(key_id, owner)
+    _check_bindings(params.get("bindings"), tensor.data, record.binding_key, key_id)
+    if record.params != model.spec.ckks.to_json():
         raise BadRequest(f"key {key_id!r} was registered for other CKKS parameters than model {model.name!r} uses")
-    _require_relin(model, eval_keys, key_id)
+    if model.spec.relin_keys_needed and not record.has_relin_keys:
+        raise BadRequest(f"model {model.name!r} needs relinearization keys; key {key_id!r} has none")
+    eval_keys = keys.load(record)
     plan = model.plan
     runtime = plan.runtime
     if layout == SINGLE:
@@ -166,11 +169,6 @@ def _check_bindings(bindings: object, ciphertexts: list, binding_key: str, key_i
                 f"ciphertext {index} was not made with the secret context that registered key {key_id!r} "
                 "(mixed-up keys or a corrupted ciphertext)"
             )
-
-
-def _require_relin(model: ServedModel, eval_keys, key_id: str) -> None:
-    if model.spec.relin_keys_needed and eval_keys.relin is None:
-        raise BadRequest(f"model {model.name!r} needs relinearization keys; key {key_id!r} has none")
 
 
 def _load_ciphertext(context, blob: bytes, what: str, plan) -> sealapi.Ciphertext:

@@ -89,12 +89,12 @@ class KeyService:
             parts[tensor.name] = tensor.data[0]
         if not parts:
             raise BadRequest("no key material given")
-        galois, relin = self._deserialize(parts, runtime.context)
-        elements = self._known_elements(galois, params)
-        material = _pack(parts)
         binding_key = message.parameters.get("binding_key", "")
         if not isinstance(binding_key, str) or (binding_key and not re.fullmatch(r"[0-9a-f]{64}", binding_key)):
             raise BadRequest("parameter 'binding_key' must be 64 lowercase hex digits")
+        galois, relin = self._deserialize(parts, runtime.context)
+        elements = self._known_elements(galois, params)
+        material = _pack(parts)
         record = self.store.put(material, params.to_json(), elements, relin is not None, owner, binding_key)
         self.cache.put(record.key_id, (galois, relin), in_memory_bytes(material))
         self.store.sweep()
@@ -136,7 +136,12 @@ class KeyService:
         return record
 
     def evaluation_keys(self, key_id: str, owner: str = "") -> EvaluationKeys:
-        record = self.record(key_id, owner)  # checked on every use: erasure elsewhere is seen at once
+        # The record is read on every use: an erasure elsewhere is seen at once.
+        return self.load(self.record(key_id, owner))
+
+    def load(self, record: KeyRecord) -> EvaluationKeys:
+        """The deserialized keys of a live record, from this worker's cache or the store."""
+        key_id = record.key_id
         cached = self.cache.get(key_id)
         if cached is None:
             started = time.perf_counter()

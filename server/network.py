@@ -1,9 +1,9 @@
 """Compiled plans for shallow networks (dense -> x*(x+beta) -> dense, or one dense layer) on CKKS.
 
 Parameters: N=8192, three 45-bit data primes [q0, qa, qb] and a 60-bit special prime
-(195 bits <= 218). Inputs come at scale 2^28, weights at 2^a and 2^b (chosen per model
+(195 bits <= 218). Inputs come at scale 2^s, weights at 2^a and 2^b (all chosen per model
 so that the integer weights fit the modular matrix products below), and nothing is
-rescaled until the end: 2*(28+a)+b bits of scale fit the 135-bit level-0 modulus, and
+rescaled until the end: 2*(s+a)+b bits of scale fit the 135-bit level-0 modulus, and
 two rescales (dropping qb and qa) bring the outputs down to ~2^30 under q0. Fewer
 primes than one-per-layer means smaller ciphertexts and cheaper key switching.
 
@@ -36,7 +36,7 @@ from protocol.packing import PackedLayout
 from protocol.params import CKKSParams, galois_element
 from protocol.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
 
-from .engine import EvaluationError, SealRuntime
+from .engine import EvaluationError, SealRuntime, next_power_of_two
 from .modmath import ModularDense, mulmod_vector
 
 NETWORK_PARAMS = CKKSParams(8192, (45, 45, 45, 60))
@@ -67,15 +67,11 @@ OP_COST_MS = {
 }
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, n))))
-
-
 def choose_packed_layout(n_in: int, n_hidden: int, n_out: int | None, slots: int) -> PackedLayout:
     """The packing with the least estimated server time (rotations) for at most 64 input ciphertexts."""
-    hidden = _pow2(n_hidden)
+    hidden = next_power_of_two(n_hidden)
     best = None
-    strides = [1] if n_out is None else [_pow2(n_out) << e for e in range(3)]
+    strides = [1] if n_out is None else [next_power_of_two(n_out) << e for e in range(3)]
     for stride in strides:
         block = hidden * stride
         if block > slots:
