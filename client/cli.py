@@ -41,6 +41,7 @@ from .errors import (
     AuthenticationError,
     BadRequestError,
     ConnectionFailedError,
+    ConnectionTimeoutError,
     HEClientError,
     InputError,
     KeyFileError,
@@ -384,6 +385,13 @@ def ensure_registered(client: Client, model: RemoteModel, records: KeyIdRecords,
     return key_id
 
 
+def record_current_key(client: Client, model: RemoteModel, records: KeyIdRecords) -> None:
+    """The SDK registers again by itself when a key expires mid-run: keep the record on the live id."""
+    record = records.find(client.url, model.name)
+    if model.key_id and (record is None or record.get("key_id") != model.key_id):
+        records.put(client.url, model.name, model.key_id, "", secret_fingerprint(model))
+
+
 # --- predictions -----------------------------------------------------------------------------
 def task_of(metadata: dict) -> str:
     parameters = metadata.get("parameters", {})
@@ -543,8 +551,9 @@ def run_predict(args: argparse.Namespace) -> int:
         records = KeyIdRecords(key_file)
         try:
             ensure_registered(client, model, records, args)
-            columns, rows = _predict_rows(client, model, records, x, layout, args)
+            columns, rows = _predict_rows(model, x, layout, args)
         finally:
+            record_current_key(client, model, records)
             if args.erase_key:  # also when the run failed half-way
                 try:
                     erase_recorded(client, model.name, records, args)
@@ -561,9 +570,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_rows(
-    client: Client,
     model: RemoteModel,
-    records: KeyIdRecords,
     x: np.ndarray,
     layout: str | None,
     args: argparse.Namespace,
@@ -576,13 +583,7 @@ def _predict_rows(
         for start in range(0, len(x), batch_size):
             part = x[start : start + batch_size]
             part_layout = layout or model.choose_layout(len(part))
-            try:
-                scores.append(model.raw_scores(part, part_layout))
-            except NotFoundError:
-                # The evaluation key expired or was erased during the run: register again, once.
-                records.remove(client.url, model.name)
-                ensure_registered(client, model, records, args)
-                scores.append(model.raw_scores(part, part_layout))
+            scores.append(model.raw_scores(part, part_layout))
             bar.update(len(part))
     note(args, f"{len(x)} rows encrypted, evaluated and decrypted in {time.monotonic() - started:.1f} s")
     return prediction_table(model, np.concatenate(scores, axis=0), args.proba)
@@ -914,7 +915,7 @@ def explain(exc: HEClientError, args: argparse.Namespace) -> tuple[int, str]:
     server = getattr(args, "server", DEFAULT_SERVER)
     if isinstance(exc, ConnectionFailedError):
         text = str(exc)
-        if "no answer within" in text:
+        if isinstance(exc, ConnectionTimeoutError):
             return EXIT_FAILURE, (
                 f"the server at {server} did not answer within {getattr(args, 'timeout', DEFAULT_TIMEOUT):g} s "
                 "(try a larger --timeout or a smaller --batch-size)"

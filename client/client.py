@@ -29,6 +29,7 @@ from protocol.spec import BATCH, SINGLE, EncryptionSpec, SpecError
 from . import encoding, postprocess
 from .errors import (
     ConnectionFailedError,
+    ConnectionTimeoutError,
     HEClientError,
     InputError,
     KeyFileError,
@@ -112,7 +113,7 @@ class Client:
                 # Caught first: urllib3 makes it a kind of TimeoutError, but a refused connection is no timeout.
                 raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None
             except urllib3.exceptions.TimeoutError:
-                raise ConnectionFailedError(f"{method} {path}: no answer within {self.timeout} s") from None
+                raise ConnectionTimeoutError(f"{method} {path}: no answer within {self.timeout} s") from None
             except urllib3.exceptions.HTTPError as exc:
                 if attempt + 1 == attempts:
                     raise ConnectionFailedError(f"{method} {path}: cannot reach {self.url}: {exc}") from None

@@ -45,6 +45,10 @@ class ConnectionFailedError(HEClientError):
     """The server could not be reached, or did not answer within the timeout."""
 
 
+class ConnectionTimeoutError(ConnectionFailedError):
+    """The server was reached but did not answer within the client's timeout."""
+
+
 def error_for_status(status: int, message: str, code: str | None = None) -> ServerError:
     if status in (401, 403):
         return AuthenticationError(status, message, code)

@@ -13,6 +13,7 @@ import sys
 import termios
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -423,3 +424,20 @@ def test_api_key_from_the_environment(auth_server, cli_env):
     assert "breast-cancer-logreg" in listed.stdout
     wrong = run_cli(cli_env, "models", "--server", auth_server.url, "--api-key", "wrong")
     assert_error(wrong, 1, "401")
+
+
+def test_the_key_record_follows_a_key_the_sdk_registered_again_mid_run(server, tmp_path):
+    from client import Client
+    from client.cli import KeyIdRecords, _predict_rows, ensure_registered, open_model, record_current_key
+
+    args = SimpleNamespace(quiet=True, batch_size=None, proba=False)
+    with Client(server.url) as client:
+        model = open_model(client, "diabetes-linreg", tmp_path / "d.key")
+        records = KeyIdRecords(tmp_path / "d.key")
+        first = ensure_registered(client, model, records, args)
+        client.delete_key(first)  # as if it expired during the run
+        _predict_rows(model, diabetes_split()[1][:3], None, args)
+        assert model.key_id not in (None, first)  # the SDK registered again by itself
+        record_current_key(client, model, records)
+        assert records.find(client.url, "diabetes-linreg")["key_id"] == model.key_id
+        model.delete_key()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from client import (
     BadRequestError,
     Client,
     ConnectionFailedError,
+    ConnectionTimeoutError,
     HEClientError,
     InputError,
     KeyFileError,
@@ -57,9 +59,19 @@ def test_server_errors_are_typed_and_carry_the_message(client):
 def test_unreachable_server_raises_connection_error():
     with (
         Client(f"http://127.0.0.1:{free_port()}", timeout=2) as client,
-        pytest.raises(ConnectionFailedError, match="cannot reach"),
+        pytest.raises(ConnectionFailedError, match="cannot reach") as failure,
     ):
         client.models()
+    assert not isinstance(failure.value, ConnectionTimeoutError)
+
+
+def test_a_server_that_never_answers_raises_a_timeout_error():
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with Client(url, timeout=0.5) as client, pytest.raises(ConnectionTimeoutError, match="no answer within"):
+            client.models()
 
 
 def test_key_file_round_trip_and_reuse(client, tmp_path):
