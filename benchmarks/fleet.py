@@ -24,8 +24,6 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +38,8 @@ from server.keys import KeyService
 from server.keystore import DiskKeyStore, KeyCache
 from server.models import load_registry
 from server.redis_keystore import RedisKeyStore
-from tests.cluster import DEPLOY, start_nginx, start_redis
-from tests.serverproc import ROOT, ServerProcess, start_server
+from tests.cluster import start_cluster, start_redis
+from tests.serverproc import ROOT
 
 
 @dataclass
@@ -114,32 +112,6 @@ def drive(url: str, work: Workload, threads: int, seconds: float) -> dict:
     }
 
 
-@contextmanager
-def fleet(tmp: Path, instances: int, workers: int, balancer: bool) -> Iterator[str]:
-    redis_server = start_redis(tmp / "redis")
-    env = {
-        "key_store": "redis",
-        "redis_url": redis_server.url,
-        "gunicorn_config_file": str(DEPLOY / "gunicorn.conf.py"),
-    }
-    servers: list[ServerProcess] = []
-    nginx = None
-    try:
-        for i in range(instances):
-            servers.append(start_server(tmp / f"instance-{i}", workers=workers, **env))
-        if balancer:
-            nginx = start_nginx(tmp / "nginx", [s.url.removeprefix("http://") for s in servers])
-            yield nginx.url
-        else:
-            yield servers[0].url
-    finally:
-        if nginx is not None:
-            nginx.stop()
-        for server in servers:
-            server.stop()
-        redis_server.stop()
-
-
 def scale_out(seconds: float) -> list[dict]:
     setups = [
         ("nginx + 1 instance x 1 worker", 1, 1, True),
@@ -156,10 +128,10 @@ def scale_out(seconds: float) -> list[dict]:
     for label, instances, workers, balancer in setups:
         with (
             tempfile.TemporaryDirectory(prefix="heserve-fleet-") as tmp,
-            fleet(Path(tmp), instances, workers, balancer) as url,
+            start_cluster(Path(tmp), instances, workers, balancer) as cluster,
         ):
             for work in chosen:
-                result = drive(url, work, threads=4, seconds=seconds)
+                result = drive(cluster.url, work, threads=4, seconds=seconds)
                 rows.append({"setup": label, "model": work.model, "layout": work.layout, **result})
                 print(f"  {label:34} {work.model:22} {work.layout:6} {result['rows_per_s']:>10,.0f} rows/s", flush=True)
     return rows
@@ -168,9 +140,12 @@ def scale_out(seconds: float) -> list[dict]:
 def capacity(seconds: float) -> list[dict]:
     """One instance with one worker, two requests in flight so that it is never idle."""
     rows = []
-    with tempfile.TemporaryDirectory(prefix="heserve-capacity-") as tmp, fleet(Path(tmp), 1, 1, False) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="heserve-capacity-") as tmp,
+        start_cluster(Path(tmp), instances=1, workers=1, balancer=False) as cluster,
+    ):
         for work in workloads():
-            result = drive(url, work, threads=2, seconds=seconds)
+            result = drive(cluster.url, work, threads=2, seconds=seconds)
             rows.append({"model": work.model, "layout": work.layout, "rows_per_request": work.rows, **result})
             print(f"  {work.model:22} {work.layout:6} {result['rows_per_s']:>10,.0f} rows/s per core", flush=True)
     return rows

@@ -15,10 +15,11 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .serverproc import ROOT, free_port
+from .serverproc import ROOT, ServerProcess, free_port, start_server, terminate
 
 DEPLOY = ROOT / "deploy"
 
@@ -43,6 +44,26 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: floa
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"port {port} not open in time:\n{log.read_text(errors='replace')}")
+
+
+@dataclass
+class Cluster:
+    redis: RedisServer
+    servers: list[ServerProcess]
+    nginx: Nginx | None
+
+    @property
+    def url(self) -> str:
+        """Where clients go: nginx, or the only instance when there is no balancer."""
+        return self.nginx.url if self.nginx is not None else self.servers[0].url
+
+    @property
+    def a(self) -> ServerProcess:
+        return self.servers[0]
+
+    @property
+    def b(self) -> ServerProcess:
+        return self.servers[1]
 
 
 @dataclass
@@ -75,13 +96,8 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM: Redis flushes its append-only file and exits, as on a clean restart."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process, signal.SIGTERM, 20)
         self.process = None
 
     def restart(self) -> None:
@@ -122,13 +138,7 @@ class Nginx:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # graceful: finish the requests in flight
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, signal.SIGQUIT, 20)  # SIGQUIT: graceful, finish the requests in flight
 
 
 def start_nginx(directory: Path, upstreams: list[str]) -> Nginx:
@@ -162,3 +172,31 @@ http {{
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_for_port(port, process, log)
     return Nginx(directory, port, process)
+
+
+@contextmanager
+def start_cluster(tmp: Path, instances: int = 2, workers: int = 1, balancer: bool = True, **env: str):
+    """redis-server, `instances` servers on the Redis key store with deploy/'s gunicorn configuration
+    and, with `balancer`, nginx in front; everything started is stopped, also when a start fails."""
+    started: list = []
+    try:
+        redis_server = start_redis(tmp / "redis")
+        started.append(redis_server)
+        settings = {
+            "key_store": "redis",
+            "redis_url": redis_server.url,
+            "gunicorn_config_file": str(DEPLOY / "gunicorn.conf.py"),
+            **env,
+        }
+        servers: list[ServerProcess] = []
+        for i in range(instances):
+            servers.append(start_server(tmp / f"instance-{i}", workers=workers, **settings))
+            started.append(servers[-1])
+        nginx = None
+        if balancer:
+            nginx = start_nginx(tmp / "nginx", [s.url.removeprefix("http://") for s in servers])
+            started.append(nginx)
+        yield Cluster(redis_server, servers, nginx)
+    finally:
+        for process in reversed(started):
+            process.stop()

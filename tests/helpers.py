@@ -105,10 +105,18 @@ class InProcessClient:
                 return Response(201, {}, _json.dumps(record.public_view()).encode())
             if method == "POST" and path.endswith("/infer"):
                 model = self.services.registry.get(path.split("/")[3])
-                out, out_length = infer(model, self.services.keys, body, int(length) if length else None, True, 256)
+                config = self.services.config
+                out, out_length = infer(
+                    model,
+                    self.services.keys,
+                    body,
+                    int(length) if length else None,
+                    config.allow_plaintext,
+                    config.max_single_rows,
+                )
                 return Response(200, {v2.HEADER_LENGTH: str(out_length)} if out_length else {}, out)
         except APIError as exc:
-            raise error_for_status(exc.status, exc.message) from None
+            raise error_for_status(exc.status, exc.message, exc.code) from None
         raise AssertionError(f"unexpected {method} {path}")
 
     def model(self, name):

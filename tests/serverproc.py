@@ -38,13 +38,18 @@ class ServerProcess:
         return {int(p) for p in children.read_text().split()} if children.exists() else set()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, signal.SIGTERM, 30)
+
+
+def terminate(process: subprocess.Popen, sig: int, timeout: float) -> None:
+    """Ask a child to stop with `sig`; kill it if it has not exited within `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def start_server(tmp: Path, workers: int = 2, models_dir: Path | None = None, **env: str) -> ServerProcess:
@@ -67,8 +72,8 @@ def start_server(tmp: Path, workers: int = 2, models_dir: Path | None = None, **
         "--models-dir",
         str(models_dir or ROOT / "models"),
     ]
-    log = open(log_path, "wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(f"http://127.0.0.1:{port}", keys_dir, log_path, process, env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

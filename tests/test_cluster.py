@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,44 +18,16 @@ from sklearn.datasets import load_breast_cancer
 
 from client import Client, NotFoundError, ServiceUnavailableError
 
-from .cluster import DEPLOY, Nginx, RedisServer, start_nginx, start_redis
+from .cluster import start_cluster
 from .helpers import infer_with_key
-from .serverproc import ServerProcess, start_server
 
 MODEL = "breast-cancer-logreg"
 
 
-@dataclass
-class Cluster:
-    redis: RedisServer
-    a: ServerProcess
-    b: ServerProcess
-    nginx: Nginx
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cluster")
-    started: list = []  # stopped in reverse order, also when a later start fails
-    try:
-        redis_server = start_redis(tmp / "redis")
-        started.append(redis_server)
-        env = {
-            "key_store": "redis",
-            "redis_url": redis_server.url,
-            "redis_timeout_seconds": "1",
-            "gunicorn_config_file": str(DEPLOY / "gunicorn.conf.py"),
-        }
-        a = start_server(tmp / "a", workers=1, **env)
-        started.append(a)
-        b = start_server(tmp / "b", workers=1, **env)
-        started.append(b)
-        nginx = start_nginx(tmp / "nginx", [a.url.removeprefix("http://"), b.url.removeprefix("http://")])
-        started.append(nginx)
-        yield Cluster(redis_server, a, b, nginx)
-    finally:
-        for process in reversed(started):
-            process.stop()
+    with start_cluster(tmp_path_factory.mktemp("cluster"), redis_timeout_seconds="1") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import redis
 from server.keystore import KeyStoreUnavailable
 from server.redis_keystore import RedisKeyStore
 
-from .cluster import RedisServer, start_redis
+from .cluster import start_redis
 from .serverproc import free_port
 
 MATERIAL = os.urandom(200_000)
@@ -96,8 +96,7 @@ def test_a_frozen_redis_costs_at_most_the_timeout(tmp_path):
 
 
 def test_password_never_appears_in_logs(tmp_path, caplog):
-    secured = RedisServer(tmp_path, free_port())
-    secured.start()
+    secured = start_redis(tmp_path)
     raw = redis.Redis.from_url(secured.url)
     raw.config_set("requirepass", "s3cret-pass")
     raw.close()
