@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-
 from .suite import DEFAULT_OUT, FULL, QUICK, run, write
 
 
@@ -31,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, metavar="DIR", help="results folder (default: benchmarks/results/)"
     )
     args = parser.parse_args(argv)
-    matplotlib.use("Agg")
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
     result = run(QUICK if args.quick else FULL, command=command)
     paths = write(result, args.out or DEFAULT_OUT)

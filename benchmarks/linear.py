@@ -85,6 +85,16 @@ def naive_single(model: LinearModel, context: ts.Context) -> Callable[[np.ndarra
     return lambda row: ts.ckks_vector(context, model.standardize(row)).mm(wt) + b
 
 
+def weighted_sum(vectors: list, weights: np.ndarray, bias: float):
+    """sum_j weights[j] * vectors[j] + bias with TenSEAL vectors."""
+    acc = None
+    for vector, weight in zip(vectors, weights, strict=True):
+        if weight != 0.0:  # SEAL refuses a product with an all-zero plaintext (and a folded conv has many)
+            term = vector * float(weight)
+            acc = term if acc is None else acc + term
+    return acc + bias
+
+
 def naive_batch(model: LinearModel, context: ts.Context, x: np.ndarray) -> list[list[ts.CKKSVector]]:
     """Many rows with TenSEAL's high-level API: one vector per feature column (4,096 rows each),
     multiplied by the weights and summed; the same SIMD layout as the service's batch layout."""
@@ -92,15 +102,7 @@ def naive_batch(model: LinearModel, context: ts.Context, x: np.ndarray) -> list[
     for start in range(0, len(x), TENSEAL_SLOTS):
         z = model.standardize(x[start : start + TENSEAL_SLOTS])
         columns = [ts.ckks_vector(context, z[:, j]) for j in range(z.shape[1])]
-        results = []
-        for k in range(model.W.shape[0]):
-            acc = None
-            for j, column in enumerate(columns):
-                if model.W[k, j] != 0.0:  # SEAL refuses a product with an all-zero plaintext
-                    term = column * float(model.W[k, j])
-                    acc = term if acc is None else acc + term
-            results.append(acc + float(model.b[k]))
-        out.append(results)
+        out.append([weighted_sum(columns, model.W[k], float(model.b[k])) for k in range(model.W.shape[0])])
     return out
 
 

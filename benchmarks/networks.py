@@ -24,7 +24,17 @@ from models.nets import digits_split, mnist_size_split
 from protocol import seal_io
 
 from .inprocess import InProcess
-from .linear import BASELINE, END_TO_END, HTTP, INPROCESS, PLAINTEXT, SERVER_SIDE, TENSEAL_SLOTS
+from .linear import (
+    BASELINE,
+    END_TO_END,
+    HTTP,
+    INPROCESS,
+    PLAINTEXT,
+    SERVER_SIDE,
+    TENSEAL_SLOTS,
+    naive_batch_outputs,
+    weighted_sum,
+)
 from .stats import agreement, latencies, summary
 from .stats import one_thread as blas_one_thread
 
@@ -135,15 +145,6 @@ def naive_single(net: Network, context: ts.Context) -> Callable[[np.ndarray], ts
     return run
 
 
-def _weighted_sum(vectors: list, weights: np.ndarray, bias: float):
-    acc = None
-    for vector, weight in zip(vectors, weights, strict=True):
-        if weight != 0.0:  # SEAL refuses a product with an all-zero plaintext (and a folded conv has many)
-            term = vector * float(weight)
-            acc = term if acc is None else acc + term
-    return acc + bias
-
-
 def naive_batch(net: Network, context: ts.Context, x: np.ndarray) -> list[list[ts.CKKSVector]]:
     """Many rows with TenSEAL's high-level API: one vector per input feature (4,096 rows each),
     each hidden unit a weighted sum of them, squared, each output a weighted sum of those."""
@@ -152,20 +153,15 @@ def naive_batch(net: Network, context: ts.Context, x: np.ndarray) -> list[list[t
     for start in range(0, len(x), TENSEAL_SLOTS):
         z = net.standardize(x[start : start + TENSEAL_SLOTS])
         columns = [ts.ckks_vector(context, z[:, j]) for j in range(z.shape[1])]
-        hidden = [_weighted_sum(columns, plan.W1[k], float(plan.b1[k])) for k in range(plan.n_hidden)]
+        hidden = [weighted_sum(columns, plan.W1[k], float(plan.b1[k])) for k in range(plan.n_hidden)]
         hidden = [h * (h + plan.beta) for h in hidden]
-        out.append([_weighted_sum(hidden, plan.W2[m], float(plan.b2[m])) for m in range(plan.n_outputs)])
+        out.append([weighted_sum(hidden, plan.W2[m], float(plan.b2[m])) for m in range(plan.n_outputs)])
     return out
 
 
 def naive_batch_ops(net: Network) -> int:
     """Scalar products the column-wise TenSEAL evaluation needs per chunk of 4,096 rows."""
     return int(np.count_nonzero(net.plan.W1) + np.count_nonzero(net.plan.W2))
-
-
-def naive_outputs(chunks: list[list[ts.CKKSVector]], rows: int) -> np.ndarray:
-    blocks = [np.column_stack([np.array(v.decrypt()) for v in chunk]) for chunk in chunks]
-    return np.concatenate(blocks, axis=0)[:rows]
 
 
 def bench_network(
@@ -273,7 +269,7 @@ def bench_network(
             eval_key_bytes=tenseal_relin_bytes(context),
             eval_keys="TenSEAL's relinearization keys (no rotation: no Galois keys)",
             scalar_products=naive_batch_ops(net),
-            **agreement(naive_outputs(outs[-1], batch_rows), expected_b, pp),
+            **agreement(naive_batch_outputs(outs[-1], batch_rows), expected_b, pp),
         )
         del outs
 

@@ -26,11 +26,12 @@ DPI = 110
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if n >= 10 or unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.0f} GB"
+    unit = "B"
+    for larger in ("KB", "MB", "GB"):
+        if n < 1000:
+            break
+        n, unit = n / 1000, larger
+    return f"{n:.0f} {unit}" if n >= 10 or unit == "B" else f"{n:.1f} {unit}"
 
 
 def human_ms(ms: float) -> str:

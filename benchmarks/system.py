@@ -77,6 +77,7 @@ def environment(command: str, workers: int) -> dict:
         "torch": version("torch"),
         "matplotlib": version("matplotlib"),
         "server revision": git_revision(),
-        "server": f"gunicorn, {workers} gthread workers x 4 threads, loopback HTTP; client in the same machine",
+        "server": f"gunicorn, {workers} gthread workers x {os.environ.get('HESERVE_THREADS', '4')} threads, "
+        "loopback HTTP; client in the same machine",
         "load average at start": load_average(),
     }

@@ -20,19 +20,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.serverproc import free_port, terminate  # noqa: E402 - importable once the root is on sys.path
 
 _STARTED: list[Server] = []
 
@@ -53,12 +54,6 @@ def repo_root() -> Path:
     return ROOT
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     """A server this notebook talks to; `process` and `workdir` are None for one given by HESERVE_URL."""
@@ -66,7 +61,6 @@ class Server:
     url: str
     process: subprocess.Popen | None = None
     workdir: Path | None = None
-    settings: dict = field(default_factory=dict)
 
     @property
     def started_here(self) -> bool:
@@ -109,13 +103,8 @@ class Server:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, gunicorn's graceful stop) and remove its key store and log."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process, signal.SIGTERM, 30)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if self in _STARTED:
@@ -163,7 +152,6 @@ def start(
     ]
     if key_ttl_seconds is not None:
         args += ["--key-ttl", str(key_ttl_seconds)]
-    settings = {"workers": workers, "key_ttl_seconds": key_ttl_seconds, **env}
     with open(workdir / "server.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-c", _WRAPPER, str(os.getpid()), *args],
@@ -173,7 +161,7 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = Server(f"http://127.0.0.1:{port}", process, workdir, settings)
+    server = Server(f"http://127.0.0.1:{port}", process, workdir)
     _STARTED.append(server)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
