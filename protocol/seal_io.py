@@ -16,7 +16,15 @@ T = TypeVar("T")
 
 
 class SealDecodeError(ValueError):
-    """Bytes that SEAL cannot load as the expected object for the given parameters."""
+    """Bytes that SEAL cannot load as the expected object for the given parameters.
+
+    `code` is a machine-readable kind for the server's error response (see
+    protocol.seal_bounds for the codes its bounded parsing raises).
+    """
+
+    def __init__(self, message: str, code: str = "malformed_seal_object"):
+        super().__init__(message)
+        self.code = code
 
 
 def _memfd() -> tuple[int, str]:

@@ -16,14 +16,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import seal_bounds
+from .seal_io import SealDecodeError
+
 MAGIC = 0xA15E
 HEADER = 16
 PREFIX = 32 + 1 + 8 * 5  # parms_id, ntt flag, size, N, primes, scale, correction factor
-COMPR_NONE, COMPR_ZSTD = 0, 2
+COMPR_NONE, COMPR_ZLIB, COMPR_ZSTD = 0, 1, 2
 
 
-class RawCiphertextError(ValueError):
-    """Bytes that are not a fresh, full (unseeded) ciphertext for the expected parameters."""
+class RawCiphertextError(SealDecodeError):
+    """Bytes that are not a fresh, full (unseeded) ciphertext for the expected parameters.
+
+    A SealDecodeError, so it carries the same machine-readable `code`.
+    """
 
 
 @dataclass
@@ -33,47 +39,63 @@ class RawCiphertext:
     data: np.ndarray  # uint64, shape (2, primes, N)
 
 
-def _decompress(body: bytes, expected: int) -> bytes:
-    import zstandard
+def parse(blob: bytes, n: int, moduli: list[int], what: str, allow_compressed: bool = True) -> RawCiphertext:
+    """Parse and check the form of a 2-polynomial NTT-form ciphertext with len(moduli) primes.
 
-    try:
-        out = zstandard.ZstdDecompressor().decompress(body, max_output_size=expected)
-    except zstandard.ZstdError as exc:
-        raise RawCiphertextError(f"compressed ciphertext is corrupt: {exc}") from None
-    return out
-
-
-def parse(blob: bytes, n: int, moduli: list[int], what: str) -> RawCiphertext:
-    """Parse and check the form of a 2-polynomial NTT-form ciphertext with len(moduli) primes."""
+    The ciphertext must be full (not seeded) and exactly one object: no bytes after it. A
+    compressed one (allow_compressed) is decompressed by bounded streaming to at most the
+    size of a full ciphertext for these parameters, whatever its frame declares.
+    """
     primes = len(moduli)
-    expected_body = PREFIX + HEADER + 8 + 2 * primes * n * 8
+    coefficients = 2 * primes * n
+    inner_total = HEADER + 8 + 8 * coefficients
+    expected_body = PREFIX + inner_total
     if len(blob) < HEADER:
         raise RawCiphertextError(f"{what} is too short")
-    magic, header_size = struct.unpack_from("<HB", blob, 0)
-    compression = blob[5]
-    (total,) = struct.unpack_from("<Q", blob, 8)
-    if magic != MAGIC or header_size != HEADER or total != len(blob):
+    magic, header_size, major, _minor, compression, _reserved, total = struct.unpack_from("<HBBBBHQ", blob, 0)
+    if magic != MAGIC or header_size != HEADER:
+        raise RawCiphertextError(f"{what} is not a SEAL object")
+    if total < len(blob):
+        raise RawCiphertextError(f"{what} is followed by {len(blob) - total} unexpected bytes", "seal_trailing_bytes")
+    if total != len(blob):
         raise RawCiphertextError(f"{what} is not a SEAL object of {len(blob)} bytes")
+    if major != seal_bounds.local_version()[0]:
+        raise RawCiphertextError(f"{what} was written by SEAL {major}.x, not this SEAL's major version")
     body = memoryview(blob)[HEADER:]  # no copy: batch requests carry hundreds of MB
-    if compression == COMPR_ZSTD:
-        body = _decompress(body, expected_body)
+    if compression in (COMPR_ZLIB, COMPR_ZSTD):
+        if not allow_compressed:
+            raise RawCiphertextError(
+                f"{what} is compressed; send batch ciphertexts uncompressed", "compressed_not_accepted"
+            )
+        try:
+            body = memoryview(seal_bounds.decompress_bounded(body, compression, expected_body, what))
+        except SealDecodeError as exc:
+            raise RawCiphertextError(str(exc), exc.code) from None
     elif compression != COMPR_NONE:
         raise RawCiphertextError(f"{what} uses an unsupported compression mode {compression}")
     if len(body) != expected_body:
         raise RawCiphertextError(
             f"{what} is not a full {primes}-prime ciphertext at N={n} (seeded or of other parameters)"
         )
-    if isinstance(body, bytes):
-        body = memoryview(body)
     parms_id = struct.unpack_from("<4Q", body, 0)
     ntt = body[32]
     size, degree, count = struct.unpack_from("<3Q", body, 33)
     (scale,) = struct.unpack_from("<d", body, 57)
-    if ntt != 1 or size != 2 or degree != n or count != primes:
+    (correction,) = struct.unpack_from("<Q", body, 65)
+    if ntt != 1 or size != 2 or degree != n or count != primes or correction != 1:
         raise RawCiphertextError(f"{what} has the wrong form (NTT {ntt}, size {size}, N {degree}, primes {count})")
+    # The coefficient array is a nested object: it must be plainly stored and exactly this long,
+    # since its bytes are read in place below.
+    inner_magic, inner_header_size, _, _, inner_compression, _, inner_size = struct.unpack_from(
+        "<HBBBBHQ", body, PREFIX
+    )
+    if inner_magic != MAGIC or inner_header_size != HEADER or inner_size != inner_total:
+        raise RawCiphertextError(f"{what} has a malformed coefficient array")
+    if inner_compression != COMPR_NONE:
+        raise RawCiphertextError(f"{what} has a compressed coefficient array", "compressed_not_accepted")
     (elements,) = struct.unpack_from("<Q", body, PREFIX + HEADER)
-    if elements != 2 * primes * n:
-        raise RawCiphertextError(f"{what} declares {elements} coefficients, expected {2 * primes * n}")
+    if elements != coefficients:
+        raise RawCiphertextError(f"{what} declares {elements} coefficients, expected {coefficients}")
     # Coefficients are checked against their moduli where they are read (server.modmath gather).
     data = np.frombuffer(body, dtype="<u8", offset=PREFIX + HEADER + 8).reshape(2, primes, n)
     return RawCiphertext(parms_id, scale, data)
@@ -105,14 +127,13 @@ def build(parms_id: list[int] | tuple[int, ...], scale: float, data: np.ndarray,
     return outer + body
 
 
-def to_uncompressed(blob: bytes) -> bytes:
-    """SEAL's own (zstd) serialization of any object, rewritten uncompressed."""
+def to_uncompressed(blob: bytes, limit: int | None = None) -> bytes:
+    """SEAL's own (zstd or zlib) serialization of an object, rewritten with its outer level uncompressed.
+
+    Decompression is streamed and bounded: at most `limit` bytes, by default the size of a
+    full ciphertext with the degree, size and prime count its own prefix declares (1 << 31
+    for anything else).
+    """
     if len(blob) < HEADER or blob[5] == COMPR_NONE:
         return blob
-    import zstandard
-
-    body = zstandard.ZstdDecompressor().decompress(blob[HEADER:], max_output_size=1 << 31)
-    header = bytearray(blob[:HEADER])
-    header[5] = COMPR_NONE
-    struct.pack_into("<Q", header, 8, HEADER + len(body))
-    return bytes(header) + body
+    return seal_bounds.uncompress_outer(blob, "ciphertext", limit)
