@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.packing import PackedLayout
+from protocol.packing import PackedLayout, tile_features
 from protocol.spec import LayoutSpec
 
 
 def pack_single(row: np.ndarray, layout: LayoutSpec, slot_count: int) -> list[np.ndarray]:
     """The slot vectors of one row's ciphertexts.
 
-    Linear models: the row zero-padded to the layout's period and tiled across every slot.
-    Networks: the packed layout, several ciphertexts, each slot holding one feature.
+    Every model: `period` features per ciphertext, zero-padded and tiled across every slot
+    (one ciphertext for linear models, `packing["ciphertexts"]` for networks). The server
+    reads the average of the periods, so the tiling is what keeps the row's own values.
     """
     if layout.packing:
-        index = PackedLayout.from_json(layout.packing).input_index(slot_count)
-        padded = np.append(row, 0.0)
-        return list(padded[np.where(index < row.size, index, row.size)])
-    padded = np.zeros(layout.period)
-    padded[: row.size] = row
-    return [np.tile(padded, slot_count // layout.period)]
+        packing = PackedLayout.from_json(layout.packing)
+        return packing.pack(np.asarray(row, dtype=np.float64), slot_count)
+    return tile_features(np.asarray(row, dtype=np.float64), layout.period, 1, slot_count)
 
 
 def unpack_single(slots: np.ndarray, n_outputs: int) -> np.ndarray:

@@ -39,6 +39,7 @@ class LayoutSpec:
     packing: dict | None = None  # networks' single layout: see protocol.packing.PackedLayout
     seeded: bool = True  # False: send full ciphertexts, uncompressed (the server reads their coefficients)
     scale_bits: int | None = None  # input scale of this layout, when it differs from the model's
+    rows_charged: int = 0  # rows a tenant's quota is charged per row (single) or per chunk (batch)
 
     def input_scale_bits(self, default: int) -> int:
         return self.scale_bits if self.scale_bits is not None else default
@@ -63,6 +64,8 @@ class LayoutSpec:
         data["seeded"] = self.seeded
         if self.scale_bits is not None:
             data["scale_bits"] = self.scale_bits
+        if self.rows_charged:
+            data["rows_charged"] = self.rows_charged
         return data
 
 
@@ -117,6 +120,7 @@ class EncryptionSpec:
                     packing=dict(entry["packing"]) if entry.get("packing") else None,
                     seeded=bool(entry.get("seeded", True)),
                     scale_bits=int(entry["scale_bits"]) if entry.get("scale_bits") is not None else None,
+                    rows_charged=int(entry.get("rows_charged", 0)),
                 )
             if not layouts:
                 raise SpecError("the model offers no layout this SDK understands")

@@ -1,0 +1,280 @@
+"""Single-layout results answer one honest row, whatever the client encrypted.
+
+The attacker here holds a valid key and its own secret key: it encrypts arbitrary slot
+vectors (different data per period, per hidden-unit copy, unit vectors, complex values),
+has the shipped models' plans evaluate them as the server does, and decrypts every slot
+of the result. Each result must be the model applied to one input vector the attacker
+could have sent honestly (the average of the periods of what it sent), in every slot,
+and nothing else: no hidden unit on its own, no partial sum, no second row.
+
+In process, real SEAL, the plans compiled from models/ by server.models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tenseal.sealapi as sealapi
+
+from client import encoding
+from client.keys import SecretContext
+from models.nets import digits_split, mnist_size_split
+from protocol import seal_io
+from protocol.packing import PackedLayout
+from protocol.spec import SINGLE
+from server.engine import LinearPlan
+from server.models import ServedModel, load_registry
+from server.network import NETWORK_PARAMS, NetworkPlan
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+LINEAR_ONE = ["breast-cancer-logreg", "diabetes-linreg"]
+LINEAR_MANY = ["linnerud-linreg"]
+NETWORKS = ["digits-mlp", "digits-cnn", "mnist-size-mlp"]
+# Slots that must hold the same value differ by key-switching noise only (~1e-6).
+SAME = 1e-4
+# Model outputs against plaintext, and slots that must hold no output: the rounding of a
+# plaintext's zeros times hidden activations stays ~1e-4 (see server.network).
+OUTPUT_TOL, EMPTY_TOL = 2e-3, 1e-3
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(MODELS)
+
+
+@dataclass
+class Keys:
+    galois: sealapi.GaloisKeys
+    relin: sealapi.RelinKeys | None
+
+
+class Attacker:
+    """A client with its own secret key and the evaluation keys the model's spec asks for."""
+
+    def __init__(self, plan: LinearPlan | NetworkPlan):
+        self.plan = plan
+        spec = plan.spec()
+        self.secret = SecretContext.generate(spec.ckks)
+        galois = sealapi.GaloisKeys()
+        self.secret._keygen.create_galois_keys(plan.required_galois_elements(SINGLE), galois)
+        relin = None
+        if spec.relin_keys_needed:
+            relin = sealapi.RelinKeys()
+            self.secret._keygen.create_relin_keys(relin)
+        self.keys = Keys(galois, relin)
+        self.layout = spec.layouts[SINGLE]
+        self.scale = 2.0 ** self.layout.input_scale_bits(spec.input_scale_bits)
+        self.slots = self.secret.slot_count
+
+    def encrypt(self, values: np.ndarray) -> bytes:
+        """Any slot vector, complex values included, as the wire carries it."""
+        plain = sealapi.Plaintext()
+        if np.iscomplexobj(values):
+            self.secret._encoder.encode([complex(v) for v in values], self.scale, plain)
+        else:
+            self.secret._encoder.encode(np.asarray(values, dtype=np.float64).tolist(), self.scale, plain)
+        return seal_io.dump(self.secret._encryptor.encrypt_symmetric(plain))
+
+    def run(self, vectors: list[np.ndarray]) -> np.ndarray:
+        """Every slot of the result, as complex numbers, for the server's evaluation of these inputs."""
+        cts = []
+        for i, vector in enumerate(vectors):
+            ct = seal_io.load(sealapi.Ciphertext, self.plan.runtime.context, self.encrypt(vector), "input")
+            self.plan.check_input(ct, f"input {i}")
+            cts.append(ct)
+        result = self.plan.evaluate_single(cts, self.keys)
+        plain = sealapi.Plaintext()
+        self.secret._decryptor.decrypt(result, plain)
+        return np.asarray(self.secret._encoder.decode_complex(plain))
+
+
+def period_average(vectors: list[np.ndarray], period: int) -> np.ndarray:
+    """The one input vector the server reads: each ciphertext's periods averaged, concatenated."""
+    return np.concatenate([v.reshape(-1, period).mean(axis=0) for v in vectors])
+
+
+def network(plan: NetworkPlan, x: np.ndarray) -> np.ndarray:
+    """The plan's network on preprocessed features (complex inputs work the same way)."""
+    h = plan.W1 @ x[: plan.n_features] + plan.b1
+    if not plan.two_layers:
+        return h
+    return plan.W2 @ (h * (h + plan.beta)) + plan.b2
+
+
+def assert_one_network_row(plan: NetworkPlan, slots: np.ndarray, expected: np.ndarray) -> None:
+    """Slot j holds output j mod s (the same in every slot of its class), or nothing."""
+    period = plan.layout.out_period
+    classes = slots.reshape(-1, period)  # row: one period of the result
+    assert np.max(np.abs(classes - classes[0])) < SAME, "two slots of one class differ"
+    assert np.max(np.abs(classes[0, : plan.n_outputs] - expected)) < OUTPUT_TOL
+    assert np.max(np.abs(classes[0, plan.n_outputs :]), initial=0.0) < EMPTY_TOL
+
+
+def preprocess(served: ServedModel, x: np.ndarray) -> np.ndarray:
+    pre = served.manifest.get("preprocess", {})
+    if pre.get("type") == "standardize":
+        return (x - np.asarray(pre["mean"])) / np.asarray(pre["scale"])
+    return x
+
+
+def test_every_plan_declares_the_rows_one_request_row_answers(registry):
+    for name in registry.names():
+        plan = registry.get(name).plan
+        assert plan.single_rows_answered == 1, name
+        assert plan.batch_rows_answered == plan.runtime.slots, name
+
+
+# --- linear, one output ------------------------------------------------------------------
+@pytest.mark.parametrize("name", LINEAR_ONE)
+def test_linear_windows_of_different_rows_answer_their_average(registry, name):
+    plan = registry.get(name).plan
+    attacker = Attacker(plan)
+    d, n = plan.period, plan.n_features
+    rng = np.random.default_rng(1)
+    # Different data in every slot (so in every window of d), then a unit vector per window:
+    # the old rotate-and-sum answered w.window + b in slot j, i.e. one weight per unit vector.
+    windows = np.zeros((attacker.slots // d, d))
+    windows[np.arange(n), np.arange(n)] = 1.0
+    for vector in (rng.normal(0.0, 1.0, attacker.slots), windows.ravel()):
+        slots = attacker.run([vector]).real
+        expected = plan.weights[0] @ period_average([vector], d)[:n] + plan.bias[0]
+        assert np.ptp(slots) < SAME, "the result holds more than one value"
+        assert abs(slots[0] - expected) < OUTPUT_TOL
+
+
+# --- linear, several outputs --------------------------------------------------------------
+@pytest.mark.parametrize("name", LINEAR_MANY)
+def test_linear_outputs_all_read_the_first_features(registry, name):
+    plan = registry.get(name).plan
+    attacker = Attacker(plan)
+    rng = np.random.default_rng(2)
+    vector = rng.normal(0.0, 1.0, attacker.slots)  # the diagonal method once read x[k..k+d-1] for output k
+    slots = attacker.run([vector]).real
+    expected = plan.weights @ vector[: plan.n_features] + plan.bias
+    assert np.max(np.abs(slots[: plan.n_outputs] - expected)) < OUTPUT_TOL
+    assert np.max(np.abs(slots[plan.n_outputs :])) < EMPTY_TOL
+
+
+# --- networks -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def attackers(registry):
+    return {name: Attacker(registry.get(name).plan) for name in NETWORKS}
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_network_arbitrary_slots_answer_one_row(registry, attackers, name):
+    plan, attacker = registry.get(name).plan, attackers[name]
+    lay = plan.layout
+    rng = np.random.default_rng(3)
+    vectors = [rng.normal(0.0, 0.5, attacker.slots) for _ in range(lay.ciphertexts)]
+    slots = attacker.run(vectors).real
+    assert_one_network_row(plan, slots, network(plan, period_average(vectors, lay.period)))
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_network_data_in_one_hidden_copy_isolates_nothing(registry, attackers, name):
+    """Inputs only in hidden unit c's slots, +-v e_i: once W2[:, c] (h_c^2 - b1_c^2) and W1[c, i]^2."""
+    plan, attacker = registry.get(name).plan, attackers[name]
+    lay = plan.layout
+    copy = lay.copy_slots(attacker.slots)
+    rng = np.random.default_rng(4)
+    for c in (0, 1, lay.hidden - 1):
+        for vector in (
+            np.where(np.arange(attacker.slots) // copy == c, rng.normal(0.0, 1.0, attacker.slots), 0.0),
+            np.where(np.arange(attacker.slots) == c * copy + 5, 3.0, 0.0),
+            np.where(np.arange(attacker.slots) == c * copy + 5, -3.0, 0.0),
+        ):
+            vectors = [vector] + [np.zeros(attacker.slots)] * (lay.ciphertexts - 1)
+            slots = attacker.run(vectors).real
+            assert_one_network_row(plan, slots, network(plan, period_average(vectors, lay.period)))
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_network_complex_slots_answer_the_model_at_one_complex_point(registry, attackers, name):
+    """X + iY gets f(X + iY): for this quadratic f, what the three rows X, X + Y, X - Y answer."""
+    plan, attacker = registry.get(name).plan, attackers[name]
+    lay = plan.layout
+    rng = np.random.default_rng(5)
+    vectors = [
+        rng.normal(0.0, 0.5, attacker.slots) + 1j * rng.normal(0.0, 0.5, attacker.slots) for _ in range(lay.ciphertexts)
+    ]
+    slots = attacker.run(vectors)
+    x = period_average(vectors, lay.period)
+    expected = network(plan, x)
+    assert_one_network_row(plan, slots.real, expected.real)
+    assert_one_network_row(plan, slots.imag, expected.imag)
+    re, im = x.real, x.imag
+    f0, fp, fm = network(plan, re), network(plan, re + im), network(plan, re - im)
+    assert np.allclose(expected, 2 * f0 - (fp + fm) / 2 + 1j * (fp - fm) / 2)
+
+
+@pytest.mark.parametrize("name", LINEAR_ONE + LINEAR_MANY)
+def test_linear_complex_slots_answer_two_rows(registry, name):
+    """X + iY gets f(X) + i(f(Y) - b): two honest rows, not more."""
+    plan = registry.get(name).plan
+    attacker = Attacker(plan)
+    rng = np.random.default_rng(6)
+    vector = rng.normal(0.0, 1.0, attacker.slots) + 1j * rng.normal(0.0, 1.0, attacker.slots)
+    slots = attacker.run([vector])
+    if plan.n_outputs == 1:
+        x = period_average([vector], plan.period)[: plan.n_features]
+        assert np.ptp(slots.real) < SAME and np.ptp(slots.imag) < SAME
+        got = slots[:1]
+    else:
+        x = vector[: plan.n_features]
+        got = slots[: plan.n_outputs]
+    assert np.max(np.abs(got.real - (plan.weights @ x.real + plan.bias))) < OUTPUT_TOL
+    assert np.max(np.abs(got.imag - plan.weights @ x.imag)) < OUTPUT_TOL
+
+
+def test_one_layer_network_answers_one_row():
+    """A single dense layer: the identity takes layer 2's place, with the same structure around it."""
+    from server.engine import SealRuntime
+
+    rng = np.random.default_rng(7)
+    weights, bias = rng.normal(0.0, 0.5, (6, 20)), rng.normal(0.0, 1.0, 6)
+    layers = [{"type": "dense", "weights": "W0", "bias": "b0", "output_bound": 40.0}]
+    plan = NetworkPlan(layers, {"W0": weights, "b0": bias}, SealRuntime(NETWORK_PARAMS))
+    attacker = Attacker(plan)
+    lay = plan.layout
+    for vector in (rng.normal(0.0, 1.0, attacker.slots), np.where(np.arange(attacker.slots) == 3, 2.0, 0.0)):
+        slots = attacker.run([vector]).real
+        assert_one_network_row(plan, slots, weights @ period_average([vector], lay.period)[:20] + bias)
+    honest = rng.normal(0.0, 1.0, 20)
+    slots = attacker.run(encoding.pack_single(honest, attacker.layout, attacker.slots)).real
+    assert np.max(np.abs(slots[:6] - (weights @ honest + bias))) < 1e-4
+
+
+# --- the honest path ----------------------------------------------------------------------
+def honest_rows(name: str, count: int) -> np.ndarray:
+    if name in ("digits-mlp", "digits-cnn"):
+        return digits_split()[1][:count]
+    if name == "mnist-size-mlp":
+        return mnist_size_split()[1][:count]
+    from benchmarks.linear import SPLITS
+
+    return SPLITS[name]()[1][:count]
+
+
+@pytest.mark.parametrize("name", LINEAR_ONE + LINEAR_MANY + NETWORKS)
+def test_honest_rows_match_plaintext(registry, attackers, name):
+    served = registry.get(name)
+    attacker = attackers.get(name) or Attacker(served.plan)
+    rows = honest_rows(name, 8)
+    expected = served.plaintext_predict(rows)
+    for row, want in zip(preprocess(served, rows), expected, strict=True):
+        slots = attacker.run(encoding.pack_single(row, attacker.layout, attacker.slots)).real
+        assert np.max(np.abs(encoding.unpack_single(slots, served.plan.n_outputs) - want)) < 1e-3
+
+
+def test_packing_round_trips_and_asks_only_power_of_two_rotations(registry):
+    for name in NETWORKS:
+        plan = registry.get(name).plan
+        lay = plan.layout
+        assert PackedLayout.from_json(lay.to_json()) == lay
+        steps = lay.rotation_steps(plan.runtime.slots)
+        assert steps == plan.single_steps and all(s & (s - 1) == 0 for s in steps)
+        assert plan.spec().layouts[SINGLE].period == lay.period
