@@ -18,7 +18,7 @@ from client.client import EncryptedRequest, RemoteModel
 from client.keys import SecretContext
 from protocol import v2
 from server.config import ServerConfig
-from server.inference import infer
+from server.inference import InferenceLimits, infer
 from server.models import ServedModel
 from server.services import Services
 
@@ -45,7 +45,7 @@ class Session:
         config = self.services.config
         start = time.perf_counter()
         out, out_length = infer(
-            self.served, self.services.keys, payload, header, config.allow_plaintext, config.max_single_rows
+            self.served, self.services.keys, payload, header, InferenceLimits.from_config(config)
         )
         elapsed = time.perf_counter() - start
         return elapsed, v2.decode(out, out_length, "outputs").tensors[0].data

@@ -7,6 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .keystore import KeyStoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -18,15 +19,18 @@ class APIError(Exception):
     status = 400
     code: str | None = None  # machine-readable kind, for clients that act on it
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, code: str | None = None):
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        if code is not None:
+            self.code = code
 
 
 class BadRequest(APIError):
     status = 400
+    code = "bad_request"
 
 
 class NotFound(APIError):
@@ -55,8 +59,13 @@ def register_error_handlers(app: Flask) -> None:
         response = _body(exc.message, exc.status, exc.code)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="heserve"'
-        if exc.status == 408:
-            response.headers["Connection"] = "close"  # the rest of the body may still arrive
+        if exc.status in (408, 429):
+            response.headers["Connection"] = "close"  # the rest of the body may still arrive, unread
+        if exc.status == 429:
+            metrics.QUOTA_REFUSALS.labels(exc.code or "").inc()
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, int(retry_after)))
         return response
 
     @app.errorhandler(KeyStoreUnavailable)

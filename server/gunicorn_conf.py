@@ -53,6 +53,24 @@ logconfig_dict = {
 control_socket_disable = True  # several instances may share a machine
 
 
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def post_request(worker, req, environ, resp):
+    """Replace a worker whose resident memory passed the ceiling, once its requests are answered.
+
+    SEAL allocates from a per-process memory pool that it never returns to the system, and
+    glibc keeps freed arenas: a worker's RSS is its high-water mark. Recycling past a ceiling
+    bounds it whatever the mix of requests was.
+    """
+    ceiling = _config.max_worker_rss_bytes
+    if ceiling and worker.alive and _resident_bytes() > ceiling:
+        worker.log.info("worker %s above %d bytes resident: replacing it", worker.pid, ceiling)
+        worker.alive = False
+
+
 def on_exit(server):
     """Remove the metrics directory `python -m server` made for this master (an operator's is kept)."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

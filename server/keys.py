@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import tenseal.sealapi as sealapi
 
-from protocol import seal_io, v2
+from protocol import seal_bounds, seal_io, v2
 from protocol.params import CKKSParams, ParameterError
 
 from . import metrics
 from .errors import BadRequest, KeyNotFound
-from .keystore import KeyCache, KeyRecord, KeyStore
+from .keystore import KeyCache, KeyRecord, KeyStore, new_key_id
 from .models import ModelRegistry
+from .quotas import Quotas
 
 ALLOWED_PARTS = {"galois_keys", "relin_keys"}
 SECRET_PARTS = {"secret_key", "secretkey", "sk"}
@@ -28,9 +29,17 @@ class EvaluationKeys:
     relin: sealapi.RelinKeys | None
 
 
-def in_memory_bytes(material: bytes) -> int:
-    """What deserialized keys occupy: seeded keys double when SEAL expands them (measured 1.8-2.1x)."""
-    return int(2.1 * len(material))
+def in_memory_bytes(params: CKKSParams, galois_elements: int, relin: bool) -> int:
+    """What deserialized keys occupy in a worker, measured: SEAL keeps every key expanded.
+
+    One Galois element (and the relinearization key) is one key-switching key: a 2-polynomial
+    ciphertext over all primes per data prime, whatever the size of the upload.
+    """
+    n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
+    size = seal_bounds.kswitch_keys_memory_bytes(n, primes, galois_elements) if galois_elements else 0
+    if relin:
+        size += seal_bounds.kswitch_keys_memory_bytes(n, primes, 1, relin=True)
+    return size
 
 
 def _pack(parts: dict[str, bytes]) -> bytes:
@@ -53,79 +62,122 @@ def _unpack(material: bytes) -> dict[str, bytes]:
 
 
 class KeyService:
-    def __init__(self, store: KeyStore, cache: KeyCache, registry: ModelRegistry):
+    def __init__(self, store: KeyStore, cache: KeyCache, registry: ModelRegistry, quotas: Quotas | None = None):
         self.store = store
         self.cache = cache
         self.registry = registry
+        self.quotas = quotas
 
-    def register(self, body: bytes, header_length: int | None, owner: str = "") -> KeyRecord:
-        if header_length is None:
-            raise BadRequest(
-                f"key registration is a binary request: JSON header, then the key bytes; set {v2.HEADER_LENGTH}"
-            )
-        try:
-            message = v2.decode(body, header_length, "inputs")
-        except v2.ProtocolError as exc:
-            raise BadRequest(str(exc)) from None
-        names = [t.name for t in message.tensors]
-        if any(name.lower() in SECRET_PARTS for name in names):
-            raise BadRequest("a secret key must never leave the client: registration refused, nothing stored")
-        unknown = sorted(set(names) - ALLOWED_PARTS)
-        if unknown:
-            raise BadRequest(f"unknown key parts {unknown}; expected some of {sorted(ALLOWED_PARTS)}")
-        if len(set(names)) != len(names):
-            raise BadRequest("each key part may be given once")
-        try:
-            params = CKKSParams.from_json(message.parameters.get("ckks"))
-        except ParameterError as exc:
-            raise BadRequest(f"parameters refused: {exc}") from None
-        runtime = self.registry.runtime(params)
-        if runtime is None:
-            raise BadRequest(f"no model served here uses the CKKS parameters {params.to_json()}")
-        parts: dict[str, bytes] = {}
-        for tensor in message.tensors:
-            if tensor.datatype != "BYTES" or len(tensor.data) != 1:
-                raise BadRequest(f"key part {tensor.name!r} must be one BYTES element")
-            parts[tensor.name] = tensor.data[0]
-        if not parts:
-            raise BadRequest("no key material given")
-        binding_key = message.parameters.get("binding_key", "")
-        if not isinstance(binding_key, str) or (binding_key and not re.fullmatch(r"[0-9a-f]{64}", binding_key)):
-            raise BadRequest("parameter 'binding_key' must be 64 lowercase hex digits")
-        galois, relin = self._deserialize(parts, runtime.context)
-        elements = self._known_elements(galois, params)
-        material = _pack(parts)
-        record = self.store.put(material, params.to_json(), elements, relin is not None, owner, binding_key)
-        self.cache.put(record.key_id, (galois, relin), in_memory_bytes(material))
-        self.store.sweep()
-        return record
-
-    @staticmethod
-    def _deserialize(parts: dict[str, bytes], context) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None]:
-        try:
-            galois = (
-                seal_io.load(sealapi.GaloisKeys, context, parts["galois_keys"], "galois_keys")
-                if "galois_keys" in parts
-                else None
-            )
-            relin = (
-                seal_io.load(sealapi.RelinKeys, context, parts["relin_keys"], "relin_keys")
-                if "relin_keys" in parts
-                else None
-            )
-        except seal_io.SealDecodeError as exc:
-            raise BadRequest(str(exc)) from None
-        return galois, relin
-
-    def _known_elements(self, galois: sealapi.GaloisKeys | None, params: CKKSParams) -> list[int]:
-        if galois is None:
-            return []
-        wanted = set()
+    def allowed_elements(self, params: CKKSParams) -> set[int]:
+        """The Galois elements some served model with these parameters uses: no others are accepted."""
+        wanted: set[int] = set()
         for model in self.registry.models.values():
             if model.spec.ckks == params:
                 for layout in model.spec.layouts:
                     wanted.update(model.plan.required_galois_elements(layout))
-        return sorted(e for e in wanted if galois.has_key(e))
+        return wanted
+
+    def relin_allowed(self, params: CKKSParams) -> bool:
+        return any(m.spec.ckks == params and m.spec.relin_keys_needed for m in self.registry.models.values())
+
+    def register(self, body: bytes, header_length: int | None, owner: str = "", tenant: str | None = None) -> KeyRecord:
+        """Check, parse and re-serialize public evaluation keys, then store them under a new id.
+
+        `tenant` is whom the quota charges (the owner, or the client's address without API keys).
+        """
+        if header_length is None:
+            raise BadRequest(
+                f"key registration is a binary request: JSON header, then the key bytes; set {v2.HEADER_LENGTH}",
+                code="bad_framing",
+            )
+        try:
+            message = v2.decode(body, header_length, "inputs", max_elements=8)
+        except v2.ProtocolError as exc:
+            raise BadRequest(str(exc), code=exc.code) from None
+        names = [t.name for t in message.tensors]
+        if any(name.lower() in SECRET_PARTS for name in names):
+            raise BadRequest(
+                "a secret key must never leave the client: registration refused, nothing stored", code="secret_key"
+            )
+        unknown = sorted(set(names) - ALLOWED_PARTS)
+        if unknown:
+            raise BadRequest(f"unknown key parts {unknown}; expected some of {sorted(ALLOWED_PARTS)}", code="bad_key")
+        if len(set(names)) != len(names):
+            raise BadRequest("each key part may be given once", code="bad_key")
+        try:
+            params = CKKSParams.from_json(message.parameters.get("ckks"))
+        except ParameterError as exc:
+            raise BadRequest(f"parameters refused: {exc}", code="bad_parameters") from None
+        runtime = self.registry.runtime(params)
+        if runtime is None:
+            raise BadRequest(f"no model served here uses the CKKS parameters {params.to_json()}", code="bad_parameters")
+        parts: dict[str, bytes] = {}
+        for tensor in message.tensors:
+            if tensor.datatype != "BYTES" or len(tensor.data) != 1:
+                raise BadRequest(f"key part {tensor.name!r} must be one BYTES element", code="bad_key")
+            parts[tensor.name] = tensor.data[0]
+        if not parts:
+            raise BadRequest("no key material given", code="bad_key")
+        if "relin_keys" in parts and not self.relin_allowed(params):
+            raise BadRequest(
+                f"no model served with CKKS parameters {params.to_json()} multiplies ciphertexts: "
+                "relinearization keys refused",
+                code="key_not_needed",
+            )
+        binding_key = message.parameters.get("binding_key", "")
+        if not isinstance(binding_key, str) or (binding_key and not re.fullmatch(r"[0-9a-f]{64}", binding_key)):
+            raise BadRequest("parameter 'binding_key' must be 64 lowercase hex digits", code="bad_parameter")
+        galois, relin, elements = self._parse_upload(parts, params, runtime.context)
+        # What is stored is SEAL's own serialization of the keys it parsed, never the upload's bytes.
+        stored = {}
+        if galois is not None:
+            stored["galois_keys"] = seal_io.dump(galois)
+        if relin is not None:
+            stored["relin_keys"] = seal_io.dump(relin)
+        material = _pack(stored)
+        key_id = new_key_id()
+        if self.quotas is not None:
+            self.quotas.admit_key(
+                tenant if tenant is not None else owner, key_id, len(material), time.time() + self.store.ttl_seconds
+            )
+        try:
+            record = self.store.put(
+                material, params.to_json(), elements, relin is not None, owner, binding_key, key_id=key_id
+            )
+        except BaseException:
+            if self.quotas is not None:
+                self.quotas.release_key(tenant if tenant is not None else owner, key_id)
+            raise
+        self.cache.put(record.key_id, (galois, relin), in_memory_bytes(params, len(elements), relin is not None))
+        return record
+
+    def _parse_upload(
+        self, parts: dict[str, bytes], params: CKKSParams, context
+    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None, list[int]]:
+        """Bounded parsing first (counts, sizes, compression, allowed elements), SEAL's checks second."""
+        galois = relin = None
+        elements: list[int] = []
+        n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
+        key_level = list(context.key_parms_id())
+        try:
+            if "galois_keys" in parts:
+                canonical, elements = seal_bounds.canonical_kswitch_keys(
+                    parts["galois_keys"],
+                    n,
+                    primes,
+                    "galois_keys",
+                    allowed_galois_elements=self.allowed_elements(params),
+                    parms_id=key_level,
+                )
+                galois = seal_io.load(sealapi.GaloisKeys, context, canonical, "galois_keys")
+            if "relin_keys" in parts:
+                canonical, _ = seal_bounds.canonical_kswitch_keys(
+                    parts["relin_keys"], n, primes, "relin_keys", relin=True, parms_id=key_level
+                )
+                relin = seal_io.load(sealapi.RelinKeys, context, canonical, "relin_keys")
+        except seal_io.SealDecodeError as exc:
+            raise BadRequest(str(exc), code=getattr(exc, "code", "bad_key")) from None
+        return galois, relin, sorted(elements)
 
     def record(self, key_id: str, owner: str = "") -> KeyRecord:
         """The caller's live key; another tenant's key is answered exactly like an unknown one."""
@@ -148,17 +200,36 @@ class KeyService:
             material = self.store.material(key_id)
             if material is None:
                 raise KeyNotFound(f"key {key_id!r} is unknown, expired or erased; register your keys again")
-            runtime = self.registry.runtime(CKKSParams.from_json(record.params))
-            galois, relin = self._deserialize(_unpack(material), runtime.context)
+            params = CKKSParams.from_json(record.params)
+            galois, relin = self._deserialize_stored(_unpack(material), self.registry.runtime(params).context)
             cached = (galois, relin)
-            self.cache.put(key_id, cached, in_memory_bytes(material))
+            self.cache.put(key_id, cached, in_memory_bytes(params, len(record.galois_elements), relin is not None))
             metrics.KEY_LOADS.observe(time.perf_counter() - started)
         else:
             metrics.KEY_CACHE_HITS.inc()
         return EvaluationKeys(record, cached[0], cached[1])
 
-    def erase(self, key_id: str, owner: str = "") -> None:
+    @staticmethod
+    def _deserialize_stored(
+        parts: dict[str, bytes], context
+    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None]:
+        """Keys this server parsed and serialized itself at registration."""
+        galois = (
+            seal_io.load(sealapi.GaloisKeys, context, parts["galois_keys"], "galois_keys")
+            if "galois_keys" in parts
+            else None
+        )
+        relin = (
+            seal_io.load(sealapi.RelinKeys, context, parts["relin_keys"], "relin_keys")
+            if "relin_keys" in parts
+            else None
+        )
+        return galois, relin
+
+    def erase(self, key_id: str, owner: str = "", tenant: str | None = None) -> None:
         self.record(key_id, owner)
         self.cache.discard(key_id)
         if not self.store.delete(key_id):
             raise KeyNotFound(f"key {key_id!r} is unknown, expired or already erased")
+        if self.quotas is not None:
+            self.quotas.release_key(tenant if tenant is not None else owner, key_id)

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -71,6 +72,7 @@ class KeyStore(Protocol):
         has_relin_keys: bool,
         owner: str = "",
         binding_key: str = "",
+        key_id: str | None = None,
     ) -> KeyRecord: ...
 
     def get(self, key_id: str) -> KeyRecord | None: ...
@@ -99,9 +101,10 @@ def new_record(
     binding_key: str,
     now: float,
     ttl_seconds: float,
+    key_id: str | None = None,
 ) -> KeyRecord:
     return KeyRecord(
-        secrets.token_hex(16),
+        key_id or new_key_id(),
         params,
         now,
         now + ttl_seconds,
@@ -111,6 +114,11 @@ def new_record(
         owner,
         binding_key,
     )
+
+
+def new_key_id() -> str:
+    """128 random bits, never reused: the id doubles as the version of a key in every cache."""
+    return secrets.token_hex(16)
 
 
 def _iso(timestamp: float) -> str:
@@ -154,9 +162,18 @@ class DiskKeyStore:
         has_relin_keys: bool,
         owner: str = "",
         binding_key: str = "",
+        key_id: str | None = None,
     ) -> KeyRecord:
         record = new_record(
-            material, params, galois_elements, has_relin_keys, owner, binding_key, self.clock(), self.ttl_seconds
+            material,
+            params,
+            galois_elements,
+            has_relin_keys,
+            owner,
+            binding_key,
+            self.clock(),
+            self.ttl_seconds,
+            key_id,
         )
         meta_path, data_path = self._paths(record.key_id)
         _atomic_write(data_path, material)
@@ -228,7 +245,16 @@ class DiskKeyStore:
         return erased
 
     def count(self) -> int:
-        return sum(1 for _ in self.directory.glob("*.json"))
+        """Live keys only: an expired key the sweeper has not reached yet is not counted."""
+        now = self.clock()
+        live = 0
+        for meta_path in self.directory.glob("*.json"):
+            try:
+                if json.loads(meta_path.read_bytes())["expires_at"] > now:
+                    live += 1
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                continue
+        return live
 
     def ping(self) -> None:
         if not os.access(self.directory, os.W_OK | os.X_OK):
@@ -238,35 +264,79 @@ class DiskKeyStore:
         return "the key store on this server's disk (directory mode 0700)"
 
 
+class Sweeper:
+    """Erases expired keys every `interval` seconds from a daemon thread of each worker.
+
+    Without it an expired key's bytes would stay on disk until its id is touched again;
+    with it they are gone within `interval` seconds of expiry. Several workers sweeping the
+    same directory is harmless: erasing is idempotent.
+    """
+
+    def __init__(self, store: KeyStore, interval: float):
+        self.store = store
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="key-sweeper", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.store.sweep()
+            except Exception:  # a full disk or an unreachable store must not end the thread
+                continue
+
+
 class KeyCache:
-    """A worker's LRU cache of deserialized keys, bounded by (approximate) bytes."""
+    """A worker's LRU cache of deserialized keys, bounded in bytes at their deserialized size.
+
+    gthread workers serve several requests at once, so every operation holds a lock: the
+    entries and the byte counter change together or not at all.
+    """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def get(self, key_id: str) -> Any | None:
-        entry = self._entries.get(key_id)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key_id)
-        return entry[0]
+        with self._lock:
+            entry = self._entries.get(key_id)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key_id)
+            return entry[0]
 
     def put(self, key_id: str, value: Any, size: int) -> None:
-        self.discard(key_id)
-        if size > self.max_bytes:
-            return
-        self._entries[key_id] = (value, size)
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, (_, evicted) = self._entries.popitem(last=False)
-            self._bytes -= evicted
+        with self._lock:
+            self._discard(key_id)
+            if size > self.max_bytes:
+                return
+            self._entries[key_id] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._bytes -= evicted
 
     def discard(self, key_id: str) -> None:
+        with self._lock:
+            self._discard(key_id)
+
+    def _discard(self, key_id: str) -> None:
         entry = self._entries.pop(key_id, None)
         if entry is not None:
             self._bytes -= entry[1]
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._entries)

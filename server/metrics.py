@@ -24,6 +24,7 @@ INFERENCE = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+QUOTA_REFUSALS = Counter("heserve_quota_refusals", "requests refused with 429, by the limit they hit", ["code"])
 KEY_CACHE_HITS = Counter("heserve_key_cache_hits", "uses of evaluation keys found deserialized in the worker's cache")
 KEY_LOADS = Histogram(
     "heserve_key_load_seconds",
@@ -50,17 +51,33 @@ class RegisteredKeys:
             yield GaugeMetricFamily("heserve_registered_keys", "evaluation keys currently registered", value=count)
 
 
+class QuotaLimitsCollector:
+    """The configured per-tenant limits, so an alert can compare usage with them (0 = unlimited)."""
+
+    def __init__(self, limits: dict):
+        self.limits = limits
+
+    def collect(self):
+        family = GaugeMetricFamily("heserve_quota_limit", "per-tenant limit in force (0: unlimited)", labels=["limit"])
+        for name, value in sorted(self.limits.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                family.add_metric([name], float(value))
+        yield family
+
+
 def observe(route: str, method: str, status: int, bytes_in: int, bytes_out: int) -> None:
     REQUESTS.labels(route, method, str(status)).inc()
     BYTES_IN.labels(route).inc(bytes_in)
     BYTES_OUT.labels(route).inc(bytes_out)
 
 
-def exposition(store) -> bytes:
+def exposition(store, quota_limits: dict | None = None) -> bytes:
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     keys = CollectorRegistry()
     keys.register(RegisteredKeys(store))
+    if quota_limits is not None:
+        keys.register(QuotaLimitsCollector(quota_limits))
     return generate_latest(registry) + generate_latest(keys)

@@ -67,7 +67,7 @@ def document() -> dict:
                 "description": "outputs (JSON, or binary extension for ciphertexts)",
                 "content": {"application/json": {"schema": {"type": "object"}}, **binary},
             },
-            **_errors(400, 401, 403, 404, 408, 413, 503),
+            **_errors(400, 401, 403, 404, 408, 413, 429, 503),
         },
     }
     return {
@@ -83,7 +83,8 @@ def document() -> dict:
                     "required": ["error"],
                     "properties": {
                         "error": {"type": "string"},
-                        "code": {"type": "string", "enum": ["key_not_found", "key_store_unavailable"]},
+                        # e.g. key_not_found, rate_limited, seal_frame_too_large: the README lists them all
+                        "code": {"type": "string", "description": "machine-readable kind of error"},
                     },
                 }
             },
@@ -112,20 +113,25 @@ def document() -> dict:
                 "post": {
                     "parameters": [header],
                     "requestBody": {"required": True, "content": binary},
-                    "responses": {"201": _json("key registered"), **_errors(400, 401, 408, 413, 503)},
+                    "responses": {"201": _json("key registered"), **_errors(400, 401, 408, 413, 429, 503)},
                 }
             },
             "/v2/keys/{key_id}": {
                 "get": {
                     "parameters": [_path_param("key_id")],
-                    "responses": {"200": _json("key status"), **_errors(401, 404, 503)},
+                    "responses": {"200": _json("key status"), **_errors(401, 404, 429, 503)},
                 },
                 "delete": {
                     "parameters": [_path_param("key_id")],
-                    "responses": {"200": _json("erased"), **_errors(401, 404, 503)},
+                    "responses": {"200": _json("erased"), **_errors(401, 404, 429, 503)},
                 },
             },
-            "/v2/privacy": {"get": {"responses": {"200": _json("privacy report"), **_errors(401)}}},
+            "/v2/privacy": {"get": {"responses": {"200": _json("privacy report"), **_errors(401, 429)}}},
+            "/v2/quota": {
+                "get": {
+                    "responses": {"200": _json("the caller's use of its quotas, and the limits"), **_errors(401, 429)}
+                }
+            },
             "/openapi.json": {"get": {"responses": {"200": _json("this document"), **_errors(401)}}},
             "/metrics": {
                 "get": {

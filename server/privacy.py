@@ -34,7 +34,15 @@ def report(svc: Services) -> dict:
                 "retention_seconds": config.key_ttl_seconds,
                 "erasure": "DELETE /v2/keys/{key_id} erases it at once from the store and from every worker "
                 "of every instance; "
-                "it is also erased when its time to live passes",
+                "it is also erased when its time to live passes (its bytes within "
+                f"{config.key_sweep_interval_seconds:g} s after that)",
+            },
+            {
+                "what": "quota counters: requests and evaluated rows per tenant over the last hour, and the ids, "
+                "sizes and expiries of its live keys",
+                "where": svc.quotas.describe(),
+                "retention_seconds": 3600,
+                "erasure": "by expiry: counters after an hour, key entries with their keys",
             },
             {
                 "what": "audit lines: time, request id, tenant, method, route, model, key id, status, sizes, duration",
@@ -62,6 +70,15 @@ def report(svc: Services) -> dict:
             "authentication_required": svc.api_keys.enabled,
             "key_store": svc.config.key_store,
             "registered_keys": _registered_keys(svc),
+            "quotas_per_tenant": svc.quotas.limits(),
+            "per_request_limits": {
+                "max_body_bytes": config.max_body_bytes,
+                "max_request_elements": config.max_request_elements,
+                "max_single_rows": config.max_single_rows,
+                "max_batch_chunks": config.max_batch_chunks,
+                "max_request_seconds": config.max_request_seconds,
+                "max_worker_rss_bytes": config.max_worker_rss_bytes,
+            },
         },
         "legal_basis_notes": (
             "Data minimisation and storage limitation (GDPR art. 5(1)(c),(e); Morocco law 09-08 art. 3; CCPA "

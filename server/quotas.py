@@ -621,7 +621,8 @@ class RedisQuotaStore:
             return operation()
         except self._errors as exc:
             log.warning("quota store at %s unavailable: %s", self.address, type(exc).__name__)
-            raise KeyStoreUnavailable("the quota store is unavailable; retry in a few seconds") from None
+            # The same Redis holds the keys: clients see one outage, with one message.
+            raise KeyStoreUnavailable("the key registry is unavailable; retry in a few seconds") from None
 
     @staticmethod
     def _ms(seconds: float) -> int:

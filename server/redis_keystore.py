@@ -73,9 +73,18 @@ class RedisKeyStore:
         has_relin_keys: bool,
         owner: str = "",
         binding_key: str = "",
+        key_id: str | None = None,
     ) -> KeyRecord:
         record = new_record(
-            material, params, galois_elements, has_relin_keys, owner, binding_key, self.clock(), self.ttl_seconds
+            material,
+            params,
+            galois_elements,
+            has_relin_keys,
+            owner,
+            binding_key,
+            self.clock(),
+            self.ttl_seconds,
+            key_id,
         )
         key = self._key(record.key_id)
 

@@ -11,7 +11,7 @@ from protocol import v2
 
 from . import __version__, metrics, openapi, privacy
 from .errors import APIError, BadRequest, NotFound
-from .inference import infer
+from .inference import InferenceLimits, infer
 from .keystore import KeyStoreUnavailable
 from .services import Services
 
@@ -65,14 +65,22 @@ def owner() -> str:
     return g.get("tenant", "")
 
 
+def quota_tenant() -> str:
+    """Whom quotas charge: the API key's tenant, or the client's address when there are no API keys."""
+    return owner() or f"addr:{request.remote_addr}"
+
+
 @bp.before_app_request
 def authenticate() -> None:
     svc = services()
-    if svc.config.auth_exempt_health and request.path.startswith("/v2/health/"):
+    if request.path.startswith("/v2/health/") and svc.config.auth_exempt_health:
         return
     if svc.config.auth_exempt_metrics and request.path == "/metrics":
         return
     g.tenant = svc.api_keys.tenant(request.headers.get("Authorization"))
+    # Probes and scrapes aside, every request counts against the tenant's rate, before its body is read.
+    if not request.path.startswith("/v2/health/") and request.path != "/metrics":
+        svc.quotas.check_request(quota_tenant())
 
 
 @bp.get("/v2/health/live")
@@ -124,23 +132,36 @@ def model_ready(name: str, version: str | None = None):
     return jsonify({"name": model.name, "ready": True})
 
 
+def json_too_large(limit: int) -> APIError:
+    # A JSON body becomes a Python object per number: bounded well below the binary body limit.
+    return APIError(f"a JSON body may take {limit} bytes; send larger tensors in binary", 413, "body_too_large")
+
+
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def model_infer(name: str, version: str | None = None):
     model = model_or_404(name, version)
     svc = services()
+    limit = svc.config.max_json_body_bytes
+    json_only = header_length() is None
+    if json_only and (request.content_length or 0) > limit:
+        raise json_too_large(limit)
     info: dict = {}
     started = time.perf_counter()
     try:
+        tenant = quota_tenant()
+        payload = read_body()
+        if json_only and len(payload) > limit:  # chunked bodies declare no length up front
+            raise json_too_large(limit)
         body, length = infer(
             model,
             svc.keys,
-            read_body(),
+            payload,
             header_length(),
-            svc.config.allow_plaintext,
-            svc.config.max_single_rows,
+            InferenceLimits.from_config(svc.config),
             owner(),
             info,
+            charge_rows=lambda rows: svc.quotas.charge_rows(tenant, rows),
         )
     finally:
         g.audit_key_id = info.get("key_id")
@@ -154,7 +175,8 @@ def model_infer(name: str, version: str | None = None):
 
 @bp.get("/metrics")
 def prometheus_metrics():
-    return Response(metrics.exposition(services().keys.store), mimetype="text/plain; version=0.0.4")
+    svc = services()
+    return Response(metrics.exposition(svc.keys.store, svc.quotas.limits()), mimetype="text/plain; version=0.0.4")
 
 
 @bp.get("/openapi.json")
@@ -167,9 +189,16 @@ def privacy_report():
     return jsonify(privacy.report(services()))
 
 
+@bp.get("/v2/quota")
+def quota_usage():
+    """The calling tenant's own use of its quotas, and the limits."""
+    svc = services()
+    return jsonify({"limits": svc.quotas.limits(), "usage": svc.quotas.usage(quota_tenant())})
+
+
 @bp.post("/v2/keys")
 def register_keys():
-    record = services().keys.register(read_body(), header_length(), owner())
+    record = services().keys.register(read_body(), header_length(), owner(), quota_tenant())
     g.audit_key_id = record.key_id
     return jsonify(record.public_view()), 201
 
@@ -181,5 +210,5 @@ def key_status(key_id: str):
 
 @bp.delete("/v2/keys/<key_id>")
 def erase_key(key_id: str):
-    services().keys.erase(key_id, owner())
+    services().keys.erase(key_id, owner(), quota_tenant())
     return jsonify({"key_id": key_id, "status": "erased"})

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from .auth import APIKeys
 from .config import ServerConfig
 from .keys import KeyService
-from .keystore import DiskKeyStore, KeyCache, KeyStore
+from .keystore import DiskKeyStore, KeyCache, KeyStore, Sweeper
 from .models import ModelRegistry, load_registry
+from .quotas import QuotaLimits, Quotas
 
 
 @dataclass
@@ -17,14 +18,19 @@ class Services:
     registry: ModelRegistry
     keys: KeyService
     api_keys: APIKeys
+    quotas: Quotas
+    sweeper: Sweeper | None = None
 
     @classmethod
-    def build(cls, config: ServerConfig) -> Services:
+    def build(cls, config: ServerConfig, sweep: bool = True) -> Services:
+        """`sweep`: erase expired keys from a background thread (each worker runs one)."""
         registry = load_registry(config.models_dir)
         store = open_key_store(config)
-        keys = KeyService(store, KeyCache(config.key_cache_bytes), registry)
+        quotas = Quotas(QuotaLimits.from_config(config), open_quota_store(config))
+        keys = KeyService(store, KeyCache(config.key_cache_bytes), registry, quotas)
         api_keys = APIKeys.load(config.api_keys_file, config.api_keys)
-        return cls(config, registry, keys, api_keys)
+        sweeper = Sweeper(store, config.key_sweep_interval_seconds).start() if sweep else None
+        return cls(config, registry, keys, api_keys, quotas, sweeper)
 
 
 def open_key_store(config: ServerConfig) -> KeyStore:
@@ -35,3 +41,15 @@ def open_key_store(config: ServerConfig) -> KeyStore:
             config.redis_url, config.key_ttl_seconds, config.redis_timeout_seconds, config.redis_prefix
         )
     return DiskKeyStore(config.keys_dir, config.key_ttl_seconds)
+
+
+def open_quota_store(config: ServerConfig):
+    """Counters shared by every worker: in Redis beside the keys, or in SQLite beside the key directory
+    (not in it: the key directory holds keys only)."""
+    if config.key_store == "redis":
+        from .quotas import RedisQuotaStore
+
+        return RedisQuotaStore(config.redis_url, config.redis_prefix, config.redis_timeout_seconds)
+    from .quotas import SqliteQuotaStore
+
+    return SqliteQuotaStore(config.keys_dir.with_name(config.keys_dir.name + "-quotas"))

@@ -92,7 +92,7 @@ class InProcessClient:
         from client.client import Response
         from client.errors import error_for_status
         from server.errors import APIError
-        from server.inference import infer
+        from server.inference import InferenceLimits, infer
 
         headers = headers or {}
         length = headers.get(v2.HEADER_LENGTH)
@@ -111,8 +111,7 @@ class InProcessClient:
                     self.services.keys,
                     body,
                     int(length) if length else None,
-                    config.allow_plaintext,
-                    config.max_single_rows,
+                    InferenceLimits.from_config(config),
                 )
                 return Response(200, {v2.HEADER_LENGTH: str(out_length)} if out_length else {}, out)
         except APIError as exc:

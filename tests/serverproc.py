@@ -58,7 +58,10 @@ def start_server(tmp: Path, workers: int = 2, models_dir: Path | None = None, **
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "server.log"
     environ = dict(os.environ)
-    environ.update({f"HESERVE_{k.upper()}": str(v) for k, v in env.items()})
+    # Quotas are off unless a test sets them: most tests are one client sending many requests.
+    settings = {f"quota_{name}": "0" for name in ("max_keys", "max_key_bytes", "requests_per_second", "rows_per_hour")}
+    settings.update(env)
+    environ.update({f"HESERVE_{k.upper()}": str(v) for k, v in settings.items()})
     command = [
         sys.executable,
         "-m",
