@@ -112,7 +112,9 @@ class SecretContext:
         plain = sealapi.Plaintext()
         self._encoder.encode(values.tolist(), scale, plain)
         if seeded:
-            return seal_io.dump(self._encryptor.encrypt_symmetric(plain))
+            # Sent uncompressed: zstd gains nothing on uniformly random coefficients, and the
+            # server checks an uncompressed ciphertext without inflating anything.
+            return seal_raw.to_uncompressed(seal_io.dump(self._encryptor.encrypt_symmetric(plain)))
         ct = sealapi.Ciphertext()
         self._encryptor.encrypt_symmetric(plain, ct)
         return seal_raw.to_uncompressed(seal_io.dump(ct))

@@ -7,6 +7,7 @@ truncated, padded, its counts rewritten, or replaced by all-zero keys for many G
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -876,3 +877,37 @@ result = {{'held': rss() - base}}
     assert len(elements) == 32
     # Charged at least what SEAL holds (1.8% above it when measured), allowing for page noise.
     assert 0.99 * measured <= formula <= 1.10 * measured, (measured, formula)
+
+
+def test_the_fast_path_for_plain_ciphertexts_agrees_with_the_walker():
+    """Uncompressed ciphertexts skip the walk; any byte the fast path accepts, the walker accepts
+    identically, and honest ciphertexts take the fast path."""
+    import numpy as np
+
+    from client.keys import SecretContext
+    from protocol.params import CKKSParams
+
+    params = CKKSParams(4096, (60, 49))
+    secret = SecretContext.generate(params)
+    for seeded in (True, False):
+        blob = secret.encrypt(np.arange(8.0), 2.0**30, seeded=seeded)
+        blob = seal_raw.to_uncompressed(blob)
+        view = memoryview(blob)
+        assert seal_bounds._plain_ciphertext(view, 4096, 1, 2, True, None)
+        for offset in [*range(160), len(blob) - 70, len(blob) - 66, len(blob) - 1]:
+            for value in (0, 1, 0xFF):
+                mutated = bytearray(blob)
+                mutated[offset] = value
+                if not seal_bounds._plain_ciphertext(memoryview(mutated), 4096, 1, 2, True, None):
+                    continue
+                walker = seal_bounds._Walker(True)
+                walker.object(
+                    seal_bounds._BufferSource(memoryview(bytes(mutated)), "x"),
+                    functools.partial(
+                        walker.ciphertext, label="x", n=4096, primes=1, max_size=2, allow_seeded=True, parms_id=None
+                    ),
+                    seal_bounds.ciphertext_bound(4096, 1) - seal_bounds.HEADER,
+                    "x",
+                    top=True,
+                )
+                assert bytes(walker.out) == bytes(mutated), offset
