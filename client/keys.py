@@ -114,10 +114,10 @@ class SecretContext:
         if seeded:
             # Sent uncompressed: zstd gains nothing on uniformly random coefficients, and the
             # server checks an uncompressed ciphertext without inflating anything.
-            return seal_raw.to_uncompressed(seal_io.dump(self._encryptor.encrypt_symmetric(plain)))
+            return seal_raw.own_uncompressed(seal_io.dump(self._encryptor.encrypt_symmetric(plain)))
         ct = sealapi.Ciphertext()
         self._encryptor.encrypt_symmetric(plain, ct)
-        return seal_raw.to_uncompressed(seal_io.dump(ct))
+        return seal_raw.own_uncompressed(seal_io.dump(ct))
 
     def bind(self, ciphertext: bytes) -> str:
         """The tag that tells the server this ciphertext was made with this context's key."""

@@ -137,3 +137,20 @@ def to_uncompressed(blob: bytes, limit: int | None = None) -> bytes:
     if len(blob) < HEADER or blob[5] == COMPR_NONE:
         return blob
     return seal_bounds.uncompress_outer(blob, "ciphertext", limit)
+
+
+def own_uncompressed(blob: bytes) -> bytes:
+    """`to_uncompressed` for an object this process's SEAL has just serialized.
+
+    The frame is SEAL's own, so its declared size is trusted and one C call inflates it (the
+    bounded, streamed path is for bytes that come from elsewhere and costs ~20x more).
+    """
+    if len(blob) < HEADER or blob[5] != COMPR_ZSTD:
+        return to_uncompressed(blob)
+    import zstandard
+
+    body = zstandard.ZstdDecompressor().decompress(blob[HEADER:])
+    header = bytearray(blob[:HEADER])
+    header[5] = COMPR_NONE
+    struct.pack_into("<Q", header, 8, HEADER + len(body))
+    return bytes(header) + body
