@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-packages demo serve test lint bench bench-fleet models clean
+.PHONY: setup system-packages demo serve test lint bench bench-fleet bench-limits models clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: setup
 # Several instances behind nginx with keys in Redis, key-cache cost, capacity per core (~6 min).
 bench-fleet: setup system-packages
 	$(PY) -m benchmarks.fleet
+
+# The most one request can cost a worker, per route, with the default limits (~3 min).
+bench-limits: setup
+	$(PY) -m benchmarks.limits
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
