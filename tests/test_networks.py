@@ -188,7 +188,7 @@ def test_network_batch_refuses_bad_ciphertexts(server):
     good = secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits, seeded=False)
     path = "/v2/models/digits-mlp/infer"
     cases = [
-        (secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits), "compressed"),
+        (secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits), "seeded"),
         (secret.encrypt(np.zeros(8), 2.0 ** (spec.input_scale_bits - 2), seeded=False), "scale"),
         (good[:-8], "not a SEAL object"),
         (np.random.default_rng(0).bytes(len(good)), "not a SEAL object"),
