@@ -77,6 +77,21 @@ class KeyService:
                     wanted.update(model.plan.required_galois_elements(layout))
         return wanted
 
+    def largest_upload(self) -> int:
+        """The largest registration body an honest client can send: full (unseeded, uncompressed)
+        keys for every element some model needs, and relinearization keys, plus the JSON header.
+
+        Anything larger is refused before it is read: the body limit is set for batch uploads
+        (hundreds of MB), far above what keys can take (tens of MB at most)."""
+        largest = 0
+        for params in {model.spec.ckks for model in self.registry.models.values()}:
+            n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
+            size = seal_bounds.kswitch_keys_bound(n, primes, len(self.allowed_elements(params)))
+            if self.relin_allowed(params):
+                size += seal_bounds.kswitch_keys_bound(n, primes, 1, relin=True)
+            largest = max(largest, size)
+        return largest + v2.DEFAULT_MAX_HEADER_BYTES
+
     def relin_allowed(self, params: CKKSParams) -> bool:
         return any(m.spec.ckks == params and m.spec.relin_keys_needed for m in self.registry.models.values())
 

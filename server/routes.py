@@ -132,9 +132,13 @@ def model_ready(name: str, version: str | None = None):
     return jsonify({"name": model.name, "ready": True})
 
 
+def body_too_large(limit: int, what: str, advice: str = "") -> APIError:
+    return APIError(f"{what} may take {limit} bytes{advice}", 413, "body_too_large")
+
+
 def json_too_large(limit: int) -> APIError:
     # A JSON body becomes a Python object per number: bounded well below the binary body limit.
-    return APIError(f"a JSON body may take {limit} bytes; send larger tensors in binary", 413, "body_too_large")
+    return body_too_large(limit, "a JSON body", "; send larger tensors in binary")
 
 
 @bp.post("/v2/models/<name>/infer")
@@ -198,7 +202,14 @@ def quota_usage():
 
 @bp.post("/v2/keys")
 def register_keys():
-    record = services().keys.register(read_body(), header_length(), owner(), quota_tenant())
+    keys = services().keys
+    limit = keys.largest_upload()
+    if (request.content_length or 0) > limit:
+        raise body_too_large(limit, "a key registration")
+    body = read_body()
+    if len(body) > limit:  # chunked bodies declare no length up front
+        raise body_too_large(limit, "a key registration")
+    record = keys.register(body, header_length(), owner(), quota_tenant())
     g.audit_key_id = record.key_id
     return jsonify(record.public_view()), 201
 

@@ -190,6 +190,26 @@ def test_zero_coefficient_galois_keys_for_512_elements_are_refused_before_inflat
     assert key_files(lone_worker) == before
 
 
+def test_a_registration_larger_than_any_keys_is_refused_before_it_is_read(lone_worker):
+    import socket
+    from urllib.parse import urlparse
+
+    from .helpers import read_answer
+
+    url = urlparse(lone_worker.url)
+    watch = Watch(lone_worker)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        # 200 MB declared (well under the 512 MiB body limit, far over what keys take); none sent.
+        sock.sendall(
+            b"POST /v2/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"Inference-Header-Content-Length: 10\r\nContent-Length: 200000000\r\n\r\n"
+        )
+        answer = read_answer(sock)
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert json.loads(answer.split("\r\n\r\n", 1)[1])["code"] == "body_too_large"
+    watch.check(seconds=2)
+
+
 def test_galois_elements_no_model_uses_are_refused_with_their_names(lone_worker):
     spec = model_spec(lone_worker.url, LINEAR)
     secret = SecretContext.generate(spec.ckks)
