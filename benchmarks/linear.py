@@ -206,7 +206,7 @@ def bench_model(
             summary(server_times),
             upload_bytes_per_row=requests_1[0].nbytes,
             eval_key_bytes=session.eval_key_bytes,
-            eval_keys="seeded Galois keys for the layout's rotation steps",
+            eval_keys="seeded public key only (no Galois keys: the coefficient layout does not rotate)",
             **agreement(server_got, model.predict(x_raw[server_index]), pp),
         )
         single_upload = remote.encrypt(x_raw[:1], "single")[0].nbytes
@@ -218,7 +218,7 @@ def bench_model(
             summary(http_times),
             upload_bytes_per_row=single_upload,
             eval_key_bytes=key_bytes,
-            eval_keys="seeded Galois keys for the layout's rotation steps (as stored by the server)",
+            eval_keys="public key only, as stored by the server (no Galois keys)",
             **agreement(http_got, model.predict(x_raw[index]), pp),
         )
 
@@ -249,7 +249,7 @@ def bench_model(
             summary(times, batch_rows),
             upload_bytes_per_row=sum(r.nbytes for r in requests_b) / batch_rows,
             eval_key_bytes=0,
-            eval_keys="none: scalar products only",
+            eval_keys="public key only (scalar products; results re-randomized with it)",
             **agreement(got, expected_b, pp),
         )
         session.close()
@@ -266,7 +266,7 @@ def bench_model(
             summary(batch, batch_rows),
             upload_bytes_per_row=sum(r.nbytes for r in requests_) / 2048,
             eval_key_bytes=0,
-            eval_keys="none: scalar products only",
+            eval_keys="public key only (scalar products; results re-randomized with it)",
             **agreement(outs_h[-1], expected_b, pp),
         )
         remote.delete_key()

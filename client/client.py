@@ -24,7 +24,7 @@ import numpy as np
 import urllib3
 
 from protocol import v2
-from protocol.spec import BATCH, SINGLE, EncryptionSpec, SpecError
+from protocol.spec import BATCH, COEFFICIENTS, SINGLE, EncryptionSpec, SpecError
 
 from . import encoding, postprocess
 from .errors import (
@@ -356,11 +356,14 @@ class RemoteModel:
             rows_per_request = max(1, SINGLE_CIPHERTEXTS_PER_REQUEST // spec.ciphertexts_per_row)
             for start in range(0, x.shape[0], rows_per_request):
                 part = x[start : start + rows_per_request]
-                cts = [
-                    secret.encrypt(vector, scale)
-                    for row in part
-                    for vector in encoding.pack_single(row, spec, secret.slot_count)
-                ]
+                if spec.encoding == COEFFICIENTS:
+                    cts = [secret.encrypt_coefficients(row, scale) for row in part]
+                else:
+                    cts = [
+                        secret.encrypt(vector, scale)
+                        for row in part
+                        for vector in encoding.pack_single(row, spec, secret.slot_count)
+                    ]
                 requests_.append(
                     EncryptedRequest(
                         SINGLE, len(part), [len(part), spec.ciphertexts_per_row], cts, [secret.bind(ct) for ct in cts]
@@ -412,8 +415,14 @@ class RemoteModel:
         """Decrypt result ciphertexts locally: raw outputs of shape (rows, n_outputs)."""
         secret = self.secret_context
         if request.layout == SINGLE:
-            if len(results) != request.rows:
-                raise HEClientError(f"expected {request.rows} result ciphertexts, got {len(results)}")
+            spec = self.spec.layouts[SINGLE]
+            if len(results) != request.rows * spec.results_per_row:
+                raise HEClientError(
+                    f"expected {request.rows * spec.results_per_row} result ciphertexts, got {len(results)}"
+                )
+            if spec.encoding == COEFFICIENTS:
+                values = np.array([secret.decrypt_constant(r) for r in results])
+                return values.reshape(request.rows, spec.results_per_row)[:, : self.n_outputs]
             return np.stack([encoding.unpack_single(secret.decrypt(r), self.n_outputs) for r in results])
         k = self.n_outputs
         capacity = min(self.spec.layouts[BATCH].capacity, secret.slot_count)

@@ -11,6 +11,7 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from protocol import binding, seal_io, seal_raw, v2
+from protocol.coefficients import CoefficientCodec
 from protocol.params import CKKSParams, galois_element
 
 from .errors import HEClientError, KeyFileError
@@ -41,6 +42,13 @@ class SecretContext:
         self._encryptor = sealapi.Encryptor(context, secret_key)
         self._decryptor = sealapi.Decryptor(context, secret_key)
         self.slot_count = self._encoder.slot_count()
+        self._codec: CoefficientCodec | None = None
+
+    @property
+    def codec(self) -> CoefficientCodec:
+        if self._codec is None:
+            self._codec = CoefficientCodec(self._context)
+        return self._codec
 
     @classmethod
     def generate(cls, params: CKKSParams) -> SecretContext:
@@ -86,9 +94,15 @@ class SecretContext:
     def evaluation_key_request(
         self, rotation_steps: list[int] | tuple[int, ...], relin_keys: bool = False
     ) -> tuple[bytes, int]:
-        """A V2 binary body registering seeded Galois keys for exactly these steps."""
+        """A V2 binary body registering the public key and seeded Galois keys for exactly these steps.
+
+        The public key is SEAL's: an encryption of zero at the key level, sent seeded. The
+        server re-randomizes every result with it."""
         n = self.params.poly_modulus_degree
-        tensors = []
+        public = seal_raw.own_uncompressed(
+            seal_io.dump(self._encryptor.encrypt_zero_symmetric(self._context.key_parms_id()))
+        )
+        tensors = [v2.Tensor("public_key", "BYTES", [1], [public])]
         if rotation_steps:
             elements = sorted({galois_element(s, n) for s in rotation_steps})
             galois = seal_io.dump(self._keygen.create_galois_keys(elements))
@@ -118,6 +132,41 @@ class SecretContext:
         ct = sealapi.Ciphertext()
         self._encryptor.encrypt_symmetric(plain, ct)
         return seal_raw.own_uncompressed(seal_io.dump(ct))
+
+    def encrypt_coefficients(self, values: np.ndarray, scale: float) -> bytes:
+        """Encrypt up to N real values in polynomial coefficients (value i in coefficient i), seeded."""
+        try:
+            plain = self.codec.encode(values, scale)
+        except ValueError as exc:
+            raise HEClientError(f"cannot encode the row: {exc}") from None
+        return seal_raw.own_uncompressed(seal_io.dump(self._encryptor.encrypt_symmetric(plain)))
+
+    def _decrypt_first_level(self, data: bytes) -> sealapi.Plaintext:
+        try:
+            ct = seal_io.load(sealapi.Ciphertext, self._context, data, "result ciphertext")
+        except seal_io.SealDecodeError as exc:
+            raise HEClientError(f"the server returned an unreadable ciphertext: {exc}") from None
+        if ct.parms_id() != self._context.first_parms_id() or ct.size() != 2:
+            raise HEClientError("the server returned a result at another level than a linear model's")
+        plain = sealapi.Plaintext()
+        self._decryptor.decrypt(ct, plain)
+        return plain
+
+    def decrypt_constant(self, data: bytes) -> float:
+        """Decrypt a coefficient-encoded result: its constant coefficient, divided by its scale."""
+        return self.codec.constant(self._decrypt_first_level(data))
+
+    def decrypt_coefficients(self, data: bytes) -> np.ndarray:
+        """Every coefficient of a coefficient-encoded result, centred mod q and divided by its scale
+        (to look at what a result carries; `decrypt_constant` is all a prediction needs)."""
+        plain = self._decrypt_first_level(data)
+        codec = self.codec
+        if len(codec.moduli) != 1:
+            raise HEClientError("reading coefficients needs a single-prime level here")
+        q = codec.moduli[0]
+        values = codec.from_ntt(codec.plaintext_residues(plain))[0]
+        centred = np.where(values > q // 2, values.astype(np.float64) - q, values.astype(np.float64))
+        return centred / plain.scale
 
     def bind(self, ciphertext: bytes) -> str:
         """The tag that tells the server this ciphertext was made with this context's key."""

@@ -110,13 +110,15 @@ def seal_version() -> bytes:
     return dump(sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS))[3:5]
 
 
-def build(parms_id: list[int] | tuple[int, ...], scale: float, data: np.ndarray, version: bytes) -> bytes:
+def build(
+    parms_id: list[int] | tuple[int, ...], scale: float, data: np.ndarray, version: bytes, ntt_form: bool = True
+) -> bytes:
     """Serialize (uncompressed) a ciphertext with these coefficients, readable by SEAL's Ciphertext.load."""
     twos, primes, n = data.shape
     payload = np.ascontiguousarray(data, dtype="<u8").tobytes()
     prefix = bytearray(PREFIX)
     struct.pack_into("<4Q", prefix, 0, *parms_id)
-    prefix[32] = 1
+    prefix[32] = 1 if ntt_form else 0
     struct.pack_into("<3Q", prefix, 33, twos, n, primes)
     struct.pack_into("<d", prefix, 57, scale)
     struct.pack_into("<Q", prefix, 65, 1)
@@ -125,6 +127,37 @@ def build(parms_id: list[int] | tuple[int, ...], scale: float, data: np.ndarray,
     body = bytes(prefix) + inner + struct.pack("<Q", twos * primes * n) + payload
     outer = struct.pack("<HBBBBHQ", MAGIC, HEADER, version[0], version[1], COMPR_NONE, 0, HEADER + len(body))
     return outer + body
+
+
+PLAINTEXT_PREFIX = 32 + 8 + 8  # parms_id, coefficient count, scale
+
+
+def build_plaintext(parms_id: list[int] | tuple[int, ...], scale: float, data: np.ndarray, version: bytes) -> bytes:
+    """Serialize (uncompressed) an NTT-form CKKS plaintext with these residues, shape (primes, N)."""
+    payload = np.ascontiguousarray(data, dtype="<u8").tobytes()
+    count = data.size
+    inner_total = HEADER + 8 + len(payload)
+    body = (
+        struct.pack("<4QQd", *parms_id, count, scale)
+        + struct.pack("<HBBBBHQ", MAGIC, HEADER, version[0], version[1], COMPR_NONE, 0, inner_total)
+        + struct.pack("<Q", count)
+        + payload
+    )
+    return struct.pack("<HBBBBHQ", MAGIC, HEADER, version[0], version[1], COMPR_NONE, 0, HEADER + len(body)) + body
+
+
+def plaintext_residues(blob: bytes, n: int) -> np.ndarray:
+    """The residues (primes, N) of a plaintext this process's SEAL serialized (own_uncompressed first)."""
+    (count,) = struct.unpack_from("<Q", blob, HEADER + 32)
+    offset = HEADER + PLAINTEXT_PREFIX + HEADER + 8
+    return np.frombuffer(blob, dtype="<u8", count=count, offset=offset).reshape(count // n, n)
+
+
+def polynomials(blob: bytes) -> np.ndarray:
+    """The coefficients (size, primes, N) of a ciphertext this process's SEAL serialized (uncompressed)."""
+    size, degree, count = struct.unpack_from("<3Q", blob, HEADER + 33)
+    offset = HEADER + PREFIX + HEADER + 8
+    return np.frombuffer(blob, dtype="<u8", count=size * count * degree, offset=offset).reshape(size, count, degree)
 
 
 def to_uncompressed(blob: bytes, limit: int | None = None) -> bytes:

@@ -14,6 +14,9 @@ from .params import CKKSParams, ParameterError, galois_element
 SINGLE = "single"
 BATCH = "batch"
 LAYOUTS = (SINGLE, BATCH)
+SLOTS = "slots"
+COEFFICIENTS = "coefficients"
+ENCODINGS = (SLOTS, COEFFICIENTS)
 
 
 class SpecError(ValueError):
@@ -24,9 +27,11 @@ class SpecError(ValueError):
 class LayoutSpec:
     """One input layout a model accepts.
 
-    single: one sample per request row. Linear models: one ciphertext, the feature vector
-        zero-padded to `period` slots and tiled across all slots. Networks: `packing`
-        spreads the features over a few ciphertexts (protocol.packing.PackedLayout).
+    single: one sample per request row. Linear models: one ciphertext with feature i in
+        polynomial coefficient i (`encoding` "coefficients", protocol.coefficients), and
+        `results_per_row` result ciphertexts, output k in the constant coefficient of result
+        k. Networks: `packing` spreads the features over a few ciphertexts' slots
+        (protocol.packing.PackedLayout), one result with output k in slot k.
     batch: ciphertext j holds feature j of up to `capacity` samples (sample r in slot r);
         output ciphertext k holds output k of every sample.
     """
@@ -40,6 +45,8 @@ class LayoutSpec:
     seeded: bool = True  # False: send full ciphertexts, uncompressed (the server reads their coefficients)
     scale_bits: int | None = None  # input scale of this layout, when it differs from the model's
     rows_charged: int = 0  # rows a tenant's quota is charged per row (single) or per chunk (batch)
+    encoding: str = SLOTS  # where values sit in a plaintext: CKKS slots, or polynomial coefficients
+    results_per_row: int = 1  # single layout: result ciphertexts per row
 
     def input_scale_bits(self, default: int) -> int:
         return self.scale_bits if self.scale_bits is not None else default
@@ -66,6 +73,9 @@ class LayoutSpec:
             data["scale_bits"] = self.scale_bits
         if self.rows_charged:
             data["rows_charged"] = self.rows_charged
+        data["encoding"] = self.encoding
+        if self.name == SINGLE:
+            data["results_per_row"] = self.results_per_row
         return data
 
 
@@ -109,7 +119,7 @@ class EncryptionSpec:
             ckks = CKKSParams.from_json(data["ckks"])
             layouts = {}
             for name, entry in data["layouts"].items():
-                if name not in LAYOUTS:
+                if name not in LAYOUTS or entry.get("encoding", SLOTS) not in ENCODINGS:
                     continue  # a newer server may offer layouts this SDK does not know
                 layouts[name] = LayoutSpec(
                     name=name,
@@ -121,6 +131,8 @@ class EncryptionSpec:
                     seeded=bool(entry.get("seeded", True)),
                     scale_bits=int(entry["scale_bits"]) if entry.get("scale_bits") is not None else None,
                     rows_charged=int(entry.get("rows_charged", 0)),
+                    encoding=str(entry.get("encoding", SLOTS)),
+                    results_per_row=int(entry.get("results_per_row", 1)),
                 )
             if not layouts:
                 raise SpecError("the model offers no layout this SDK understands")

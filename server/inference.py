@@ -188,6 +188,11 @@ def _infer_encrypted(
     charge(answerable)
     deadline = Deadline(limits.deadline_seconds)
     eval_keys = keys.load(record)
+    if eval_keys.public is None:
+        raise BadRequest(
+            f"key {key_id!r} has no public key, which every result is re-randomized with; register your keys again",
+            code="key_mismatch",
+        )
     runtime = plan.runtime
     if layout == SINGLE:
         outputs = []
@@ -197,9 +202,10 @@ def _infer_encrypted(
                 _load_ciphertext(runtime, blob, f"ciphertext [{row}, {j}]", plan, SINGLE)
                 for j, blob in enumerate(tensor.data[row * per_row : (row + 1) * per_row])
             ]
-            outputs.append(seal_io.dump(_evaluate(lambda c=cts: plan.evaluate_single(c, eval_keys))))
-        shape = [len(outputs)]
-        out_params = {"layout": SINGLE, "rows": len(outputs)}
+            results = _evaluate(lambda c=cts: plan.evaluate_single(c, eval_keys))
+            outputs.extend(_rerandomized(runtime, results, eval_keys))
+        shape = [rows] if plan.single_results == 1 else [rows, plan.single_results]
+        out_params = {"layout": SINGLE, "rows": rows}
     else:
         rows = params["rows"]
         capacity = runtime.slots
@@ -219,10 +225,20 @@ def _infer_encrypted(
                     for j, blob in enumerate(blobs)
                 ]
             results = _evaluate(lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r, eval_keys))
-            outputs.extend(seal_io.dump(ct) for ct in results)
+            outputs.extend(_rerandomized(runtime, results, eval_keys))
         shape = [chunks, plan.n_outputs]
         out_params = {"layout": BATCH, "rows": rows}
     return v2.Message([v2.Tensor(CIPHERTEXT, "BYTES", shape, outputs)], parameters=out_params)
+
+
+def _rerandomized(runtime, results: list, eval_keys) -> list[bytes]:
+    """Serialized results, each first re-randomized with the client's public key (see
+    SealRuntime.rerandomize): no result leaves the server without it."""
+    out = []
+    for ct in results:
+        runtime.rerandomize(ct, eval_keys.public)
+        out.append(seal_io.dump(ct))
+    return out
 
 
 def _batch_shape(plan, tensor: v2.Tensor, params: dict, limits: InferenceLimits) -> int:

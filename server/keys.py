@@ -18,7 +18,8 @@ from .keystore import KeyCache, KeyRecord, KeyStore, new_key_id
 from .models import ModelRegistry
 from .quotas import Quotas
 
-ALLOWED_PARTS = {"galois_keys", "relin_keys"}
+ALLOWED_PARTS = {"galois_keys", "relin_keys", "public_key"}
+STORED_PARTS = ("galois_keys", "relin_keys", "public_key")
 SECRET_PARTS = {"secret_key", "secretkey", "sk"}
 
 
@@ -27,16 +28,19 @@ class EvaluationKeys:
     record: KeyRecord
     galois: sealapi.GaloisKeys | None
     relin: sealapi.RelinKeys | None
+    public: sealapi.Encryptor | None  # the client's public key, to re-randomize results with
 
 
 def in_memory_bytes(params: CKKSParams, galois_elements: int, relin: bool) -> int:
     """What deserialized keys occupy in a worker, measured: SEAL keeps every key expanded.
 
     One Galois element (and the relinearization key) is one key-switching key: a 2-polynomial
-    ciphertext over all primes per data prime, whatever the size of the upload.
+    ciphertext over all primes per data prime, whatever the size of the upload. The public key
+    is one such ciphertext.
     """
     n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
-    size = seal_bounds.kswitch_keys_memory_bytes(n, primes, galois_elements) if galois_elements else 0
+    size = 2 * primes * n * 8
+    size += seal_bounds.kswitch_keys_memory_bytes(n, primes, galois_elements) if galois_elements else 0
     if relin:
         size += seal_bounds.kswitch_keys_memory_bytes(n, primes, 1, relin=True)
     return size
@@ -44,7 +48,7 @@ def in_memory_bytes(params: CKKSParams, galois_elements: int, relin: bool) -> in
 
 def _pack(parts: dict[str, bytes]) -> bytes:
     out = []
-    for name in ("galois_keys", "relin_keys"):
+    for name in STORED_PARTS:
         data = parts.get(name, b"")
         out += [struct.pack("<Q", len(data)), data]
     return b"".join(out)
@@ -52,7 +56,9 @@ def _pack(parts: dict[str, bytes]) -> bytes:
 
 def _unpack(material: bytes) -> dict[str, bytes]:
     parts, offset = {}, 0
-    for name in ("galois_keys", "relin_keys"):
+    for name in STORED_PARTS:
+        if offset == len(material):
+            break  # stored before public keys were
         (length,) = struct.unpack_from("<Q", material, offset)
         offset += 8
         if length:
@@ -87,6 +93,7 @@ class KeyService:
         for params in {model.spec.ckks for model in self.registry.models.values()}:
             n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
             size = seal_bounds.kswitch_keys_bound(n, primes, len(self.allowed_elements(params)))
+            size += seal_bounds.ciphertext_bound(n, primes)  # the public key, unseeded
             if self.relin_allowed(params):
                 size += seal_bounds.kswitch_keys_bound(n, primes, 1, relin=True)
             largest = max(largest, size)
@@ -142,9 +149,15 @@ class KeyService:
         binding_key = message.parameters.get("binding_key", "")
         if not isinstance(binding_key, str) or (binding_key and not re.fullmatch(r"[0-9a-f]{64}", binding_key)):
             raise BadRequest("parameter 'binding_key' must be 64 lowercase hex digits", code="bad_parameter")
-        galois, relin, elements = self._parse_upload(parts, params, runtime.context)
+        galois, relin, public, elements = self._parse_upload(parts, params, runtime.context)
+        if public is None:
+            raise BadRequest(
+                "a registration carries the client's public key ('public_key'): every result is "
+                "re-randomized with it before it leaves the server",
+                code="public_key_required",
+            )
         # What is stored is SEAL's own serialization of the keys it parsed, never the upload's bytes.
-        stored = {}
+        stored = {"public_key": seal_io.dump(public)}
         if galois is not None:
             stored["galois_keys"] = seal_io.dump(galois)
         if relin is not None:
@@ -163,14 +176,17 @@ class KeyService:
             if self.quotas is not None:
                 self.quotas.release_key(tenant if tenant is not None else owner, key_id)
             raise
-        self.cache.put(record.key_id, (galois, relin), in_memory_bytes(params, len(elements), relin is not None))
+        encryptor = sealapi.Encryptor(runtime.context, public)
+        self.cache.put(
+            record.key_id, (galois, relin, encryptor), in_memory_bytes(params, len(elements), relin is not None)
+        )
         return record
 
     def _parse_upload(
         self, parts: dict[str, bytes], params: CKKSParams, context
-    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None, list[int]]:
+    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None, sealapi.PublicKey | None, list[int]]:
         """Bounded parsing first (counts, sizes, compression, allowed elements), SEAL's checks second."""
-        galois = relin = None
+        galois = relin = public = None
         elements: list[int] = []
         n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
         key_level = list(context.key_parms_id())
@@ -190,9 +206,16 @@ class KeyService:
                     parts["relin_keys"], n, primes, "relin_keys", relin=True, parms_id=key_level
                 )
                 relin = seal_io.load(sealapi.RelinKeys, context, canonical, "relin_keys")
+            if "public_key" in parts:
+                # A public key is an encryption of zero at the key level (the client sends SEAL's
+                # seeded form of one); SEAL checks its level and coefficients on load.
+                canonical = seal_bounds.canonical_ciphertext(
+                    parts["public_key"], n, primes, "public_key", parms_id=key_level
+                )
+                public = seal_io.load(sealapi.PublicKey, context, canonical, "public_key")
         except seal_io.SealDecodeError as exc:
             raise BadRequest(str(exc), code=getattr(exc, "code", "bad_key")) from None
-        return galois, relin, sorted(elements)
+        return galois, relin, public, sorted(elements)
 
     def record(self, key_id: str, owner: str = "") -> KeyRecord:
         """The caller's live key; another tenant's key is answered exactly like an unknown one."""
@@ -216,18 +239,17 @@ class KeyService:
             if material is None:
                 raise KeyNotFound(f"key {key_id!r} is unknown, expired or erased; register your keys again")
             params = CKKSParams.from_json(record.params)
-            galois, relin = self._deserialize_stored(_unpack(material), self.registry.runtime(params).context)
-            cached = (galois, relin)
-            self.cache.put(key_id, cached, in_memory_bytes(params, len(record.galois_elements), relin is not None))
+            cached = self._deserialize_stored(_unpack(material), self.registry.runtime(params).context)
+            self.cache.put(key_id, cached, in_memory_bytes(params, len(record.galois_elements), record.has_relin_keys))
             metrics.KEY_LOADS.observe(time.perf_counter() - started)
         else:
             metrics.KEY_CACHE_HITS.inc()
-        return EvaluationKeys(record, cached[0], cached[1])
+        return EvaluationKeys(record, *cached)
 
     @staticmethod
     def _deserialize_stored(
         parts: dict[str, bytes], context
-    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None]:
+    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None, sealapi.Encryptor | None]:
         """Keys this server parsed and serialized itself at registration."""
         galois = (
             seal_io.load(sealapi.GaloisKeys, context, parts["galois_keys"], "galois_keys")
@@ -239,7 +261,12 @@ class KeyService:
             if "relin_keys" in parts
             else None
         )
-        return galois, relin
+        public = (
+            sealapi.Encryptor(context, seal_io.load(sealapi.PublicKey, context, parts["public_key"], "public_key"))
+            if "public_key" in parts
+            else None
+        )
+        return galois, relin, public
 
     def erase(self, key_id: str, owner: str = "", tenant: str | None = None) -> None:
         self.record(key_id, owner)

@@ -463,7 +463,9 @@ class NetworkPlan(RowCharges):
                         ev.add_inplace(acc, term)
         return acc
 
-    def evaluate_single(self, cts: list[sealapi.Ciphertext], keys) -> sealapi.Ciphertext:
+    single_results = 1
+
+    def evaluate_single(self, cts: list[sealapi.Ciphertext], keys) -> list[sealapi.Ciphertext]:
         ev, lay = self.runtime.evaluator, self.layout
         if len(cts) != lay.ciphertexts:
             raise EvaluationError(f"one sample takes {lay.ciphertexts} ciphertexts, got {len(cts)}")
@@ -483,7 +485,7 @@ class NetworkPlan(RowCharges):
         self._rotate_and_sum(acc, lay.output_steps(self.runtime.slots), keys.galois)
         if self._single_b2 is not None:
             ev.add_plain_inplace(acc, self._single_b2)
-        return acc
+        return [acc]
 
     # --- batch layout ------------------------------------------------------------------------
     def parse_batch_input(self, blob: bytes, what: str) -> seal_raw.RawCiphertext:

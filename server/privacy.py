@@ -25,7 +25,8 @@ def report(svc: Services) -> dict:
         ),
         "processed": [
             "ciphertexts of input features (encrypted on the client; never decrypted here)",
-            "public evaluation keys: Galois keys for the rotations a model needs, relinearization keys",
+            "the client's public key, with which every result is re-randomized before it leaves the server",
+            "public evaluation keys: Galois keys for the rotations a network needs, relinearization keys",
         ],
         "stored": [
             {
@@ -62,7 +63,11 @@ def report(svc: Services) -> dict:
             "standard": "Homomorphic Encryption Standard, 128-bit classical security (coefficient modulus at most "
             "109/218/438/881 bits for N = 4096/8192/16384/32768); weaker parameters are refused",
             "models": models,
-            "result_ciphertexts": "carry only the model's outputs: every other slot is zero or holds an output",
+            "result_ciphertexts": (
+                "carry only the model's outputs: every other slot or coefficient is zero, an output or "
+                "uniform noise; each is re-randomized with the client's public key, so no result is a fixed "
+                "function of the client's ciphertexts and the weights"
+            ),
         },
         "live_settings": {
             "key_ttl_seconds": config.key_ttl_seconds,

@@ -47,9 +47,12 @@ def register(
 def encrypt_single(
     secret: SecretContext, spec: EncryptionSpec, row: np.ndarray, scale_bits: int | None = None
 ) -> bytes:
-    packed = encoding.pack_single(np.asarray(row, dtype=float), spec.layouts["single"], secret.slot_count)[0]
-    default = spec.layouts["single"].input_scale_bits(spec.input_scale_bits)
-    return secret.encrypt(packed, 2.0 ** (scale_bits or default))
+    layout = spec.layouts["single"]
+    scale = 2.0 ** (scale_bits or layout.input_scale_bits(spec.input_scale_bits))
+    if layout.encoding == "coefficients":
+        return secret.encrypt_coefficients(np.asarray(row, dtype=float), scale)
+    packed = encoding.pack_single(np.asarray(row, dtype=float), layout, secret.slot_count)[0]
+    return secret.encrypt(packed, scale)
 
 
 def infer_message(ciphertexts: list[bytes], key_id: str, layout: str = "single", shape=None, rows=None) -> v2.Message:

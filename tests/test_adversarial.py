@@ -211,9 +211,9 @@ def test_a_registration_larger_than_any_keys_is_refused_before_it_is_read(lone_w
 
 
 def test_galois_elements_no_model_uses_are_refused_with_their_names(lone_worker):
-    spec = model_spec(lone_worker.url, LINEAR)
+    spec = model_spec(lone_worker.url, NETWORK)
     secret = SecretContext.generate(spec.ckks)
-    response = register(lone_worker.url, secret, [*spec.rotation_steps, 7])
+    response = register(lone_worker.url, secret, [*spec.rotation_steps, 7], relin_keys=True)
     body = assert_refused(response, 400, "galois_element_not_allowed")
     assert str(galois_element(7, spec.ckks.poly_modulus_degree)) in body["error"]
 
@@ -471,13 +471,13 @@ def test_rows_are_charged_at_what_the_ciphertexts_can_answer(metered):
     message = infer_message(batch, key_id, "batch", shape=[1, spec.n_features], rows=1)
     body, length = v2.encode(message, "inputs", binary=True)
     assert_refused(post_raw_headers(url, body, length, auth("dan")), 429, "row_quota_exceeded")
-    # A single-layout row is charged as published (2: a complex slot answers two real rows) and
-    # passes; the refused chunk was not charged.
+    # A single-layout row is charged as published (1: its coefficients are real, it answers one
+    # row) and passes; the refused chunk was not charged.
     blob = encrypt_single(secret, spec, np.zeros(spec.n_features))
     body, length = v2.encode(infer_message([blob], key_id), "inputs", binary=True)
     assert post_raw_headers(url, body, length, auth("dan")).status_code == 200
     usage = requests.get(f"{metered.url}/v2/quota", headers=auth("dan"), timeout=10).json()["usage"]
-    assert usage["rows_per_hour"]["used"] == spec.layouts["single"].rows_charged == 2
+    assert usage["rows_per_hour"]["used"] == spec.layouts["single"].rows_charged == 1
 
 
 # --- 7. expiry ------------------------------------------------------------------------------

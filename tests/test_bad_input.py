@@ -223,13 +223,41 @@ def test_secret_key_is_refused(server):
 
 
 def test_key_without_the_needed_galois_keys(server):
-    spec = model_spec(server.url, MODEL)
+    network = "digits-mlp"
+    spec = model_spec(server.url, network)
     secret = SecretContext.generate(spec.ckks)
-    response = register(server.url, secret, [1])
+    response = register(server.url, secret, [], relin_keys=True)
     assert response.status_code == 201
     blob = encrypt_single(secret, spec, np.zeros(spec.n_features))
-    response = post_binary(server.url, f"/v2/models/{MODEL}/infer", infer_message([blob], response.json()["key_id"]))
+    response = post_binary(server.url, f"/v2/models/{network}/infer", infer_message([blob], response.json()["key_id"]))
     assert_error(response, 400, "galois")
+
+
+def test_linear_models_need_no_galois_keys_and_refuse_them(server):
+    spec = model_spec(server.url, MODEL)
+    assert spec.rotation_steps == () and spec.layouts["single"].encoding == "coefficients"
+    secret = SecretContext.generate(spec.ckks)
+    assert_error(
+        register(server.url, secret, [1]), 400, "galois", {"galois_element_not_allowed", "seal_frame_too_large"}
+    )
+
+
+def test_registration_without_a_public_key_is_refused(server):
+    """Every result is re-randomized with the client's public key: no key, no registration."""
+    spec = model_spec(server.url, "digits-mlp")
+    secret = SecretContext.generate(spec.ckks)
+    body, length = secret.evaluation_key_request(spec.rotation_steps, relin_keys=True)
+    message = v2.decode(body, length, "inputs")
+    message.tensors = [t for t in message.tensors if t.name != "public_key"]
+    before = key_files(server)
+    assert_error(post_binary(server.url, "/v2/keys", message), 400, codes={"public_key_required"})
+    # A public key that is not one (a data-level ciphertext, or noise) is refused as malformed.
+    fresh = secret.encrypt(np.zeros(4), 2.0**20)
+    for bad in (fresh, os.urandom(4000)):
+        message.tensors = [v2.Tensor("public_key", "BYTES", [1], [bad])]
+        response = post_binary(server.url, "/v2/keys", message)
+        assert response.status_code == 400 and response.json()["code"] != "internal", response.text
+    assert key_files(server) == before
 
 
 def test_workers_survive_everything(server, keyed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from protocol import seal_io
 
 from .helpers import decode_outputs, encrypt_single, infer_message, infer_with_key, model_spec, post_binary, register
 from .serverproc import start_server
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def windows(data: bytes, size: int = 32, count: int = 8) -> list[bytes]:
@@ -121,22 +124,123 @@ def raw_result_slots(server, model_name: str, rows: np.ndarray, layout: str) -> 
     return np.stack([secret.decrypt(b) for b in blobs]), secret
 
 
-def test_single_layout_result_carries_only_the_output_in_every_slot(server):
-    _, x_test, _, _ = breast_cancer_split()
-    slots, _ = raw_result_slots(server, "breast-cancer-logreg", x_test[:2], "single")
-    for row in slots:
-        # Every slot holds the same full inner product: no partial sum x_i * w_i is readable.
-        assert np.max(np.abs(row - row[0])) < 1e-3
-        assert abs(row[0]) > 0.5
+def raw_results(server, model_name: str, rows: np.ndarray, layout: str, seeded: bool = True):
+    """The encrypted request the SDK builds and the result ciphertexts, as an attacker sees them."""
+    spec = model_spec(server.url, model_name)
+    secret = SecretContext.generate(spec.ckks)
+    key_id = register(server.url, secret, spec.rotation_steps, relin_keys=spec.relin_keys_needed).json()["key_id"]
+    with Client(server.url) as client:
+        model = client.model(model_name, secret_context=secret)
+        model.key_id = key_id
+        request = model.encrypt(rows, layout)[0]
+    if not seeded:  # full ciphertexts: the attacker then knows every input polynomial
+        from client import encoding
+
+        scale = 2.0 ** spec.layouts[layout].input_scale_bits(spec.input_scale_bits)
+        if layout == "single":
+            request.ciphertexts = [full_coefficient_ciphertext(secret, row, scale) for row in rows]
+        else:
+            columns = encoding.pack_batch(rows, secret.slot_count)
+            request.ciphertexts = [secret.encrypt(column, scale, seeded=False) for column in columns]
+    response = post_binary(
+        server.url,
+        f"/v2/models/{model_name}/infer",
+        infer_message(request.ciphertexts, key_id, layout, request.shape, request.rows),
+    )
+    assert response.status_code == 200, response.text
+    return request, decode_outputs(response).tensors[0].data, secret
 
 
-def test_multi_output_result_slots_beyond_outputs_are_zero(server):
-    from models.recipes import linnerud_split
+def full_coefficient_ciphertext(secret: SecretContext, row: np.ndarray, scale: float) -> bytes:
+    import tenseal.sealapi as sealapi
 
-    _, x_test, _, _ = linnerud_split()
-    slots, _ = raw_result_slots(server, "linnerud-linreg", x_test[:2], "single")
-    assert np.all(np.abs(slots[:, :3]) > 1)
-    assert np.max(np.abs(slots[:, 3:])) < 1e-3
+    from protocol import seal_raw
+
+    ct = sealapi.Ciphertext()
+    secret._encryptor.encrypt_symmetric(secret.codec.encode(row, scale), ct)
+    return seal_raw.own_uncompressed(seal_io.dump(ct))
+
+
+def result_coefficients(secret: SecretContext, blob: bytes) -> np.ndarray:
+    """Every coefficient of a decrypted result, centred mod q (one prime)."""
+    import tenseal.sealapi as sealapi
+
+    ct = seal_io.load(sealapi.Ciphertext, secret._context, blob, "result")
+    plain = sealapi.Plaintext()
+    secret._decryptor.decrypt(ct, plain)
+    codec = secret.codec
+    q = codec.moduli[0]
+    coefficients = codec.from_ntt(codec.plaintext_residues(plain))[0].astype(object)
+    return np.array([int(c) - q if c > q // 2 else int(c) for c in coefficients], dtype=object), ct.scale, q
+
+
+@pytest.mark.parametrize("name", ["breast-cancer-logreg", "linnerud-linreg"])
+def test_single_layout_results_carry_only_the_outputs(server, name):
+    """Decrypted, a result's constant coefficient is the output; every other coefficient is uniform
+    mod q (unmasked, they would hold partial sums w_i x_i, far below q / 4)."""
+    from server.models import load_registry
+
+    served = load_registry(MODELS).get(name)
+    rows = np.random.default_rng(0).normal(0.0, 1.0, (2, served.plan.n_features))
+    _, blobs, secret = raw_results(server, name, rows, "single")
+    assert len(blobs) == 2 * served.plan.n_outputs
+    expected = np.asarray(served.plaintext_predict(rows)).reshape(2, -1).T
+    for index, blob in enumerate(blobs):
+        row, output = divmod(index, served.plan.n_outputs)
+        coefficients, scale, q = result_coefficients(secret, blob)
+        assert abs(coefficients[0] / scale - expected[output, row]) < 1e-3
+        rest = np.array([abs(c) < q // 4 for c in coefficients[1:]])
+        assert 0.45 < rest.mean() < 0.55, "the other coefficients are not masked"
+
+
+def solve_mod(matrix: list[list[int]], rhs: list[int], q: int) -> list[int]:
+    """Gauss-Jordan elimination mod the prime q (square, invertible)."""
+    n = len(matrix)
+    rows = [[*r, b] for r, b in zip(matrix, rhs, strict=True)]
+    for col in range(n):
+        pivot = next(i for i in range(col, n) if rows[i][col] % q)
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        inverse = pow(rows[col][col], -1, q)
+        rows[col] = [v * inverse % q for v in rows[col]]
+        for i in range(n):
+            if i != col and rows[i][col]:
+                factor = rows[i][col]
+                rows[i] = [(a - factor * b) % q for a, b in zip(rows[i], rows[col], strict=True)]
+    return [r[n] for r in rows]
+
+
+def test_single_results_are_rerandomized_so_no_division_gives_the_weights(server):
+    """Without re-randomization a result's second polynomial is the input's times the weight
+    polynomial: dividing NTT value by NTT value gives the weights, sparse in coefficients."""
+    from protocol import seal_raw
+
+    rows = np.random.default_rng(1).normal(0.0, 1.0, (1, 30))
+    request, blobs, secret = raw_results(server, "breast-cancer-logreg", rows, "single", seeded=False)
+    codec = secret.codec
+    q = codec.moduli[0]
+    c1_in = seal_raw.polynomials(request.ciphertexts[0])[1][0]
+    c1_out = seal_raw.polynomials(seal_raw.own_uncompressed(blobs[0]))[1][0]
+    ratio = np.array([int(b) * pow(int(a), -1, q) % q for a, b in zip(c1_in, c1_out, strict=True)], dtype=np.uint64)
+    weights = codec.from_ntt(ratio[None, :])[0]
+    small = np.minimum(weights, q - weights) < (1 << 50)
+    assert small.sum() < 64, f"{small.sum()} of {codec.n} coefficients of the quotient are small: weights exposed"
+
+
+def test_batch_results_are_rerandomized_so_no_linear_system_gives_the_weights(server):
+    """Without re-randomization output k's second polynomial is sum_j w_kj c1_j: 30 NTT positions
+    give 30 equations in the 30 weights, and every other position confirms them."""
+    from protocol import seal_raw
+
+    rows = np.random.default_rng(2).normal(0.0, 1.0, (40, 30))
+    request, blobs, secret = raw_results(server, "breast-cancer-logreg", rows, "batch", seeded=False)
+    q = secret.codec.moduli[0]
+    c1 = np.stack([seal_raw.polynomials(ct)[1][0] for ct in request.ciphertexts])  # (30, N)
+    out = seal_raw.polynomials(seal_raw.own_uncompressed(blobs[0]))[1][0]
+    positions = list(range(30))
+    weights = solve_mod([[int(c1[j, t]) for j in range(30)] for t in positions], [int(out[t]) for t in positions], q)
+    check = range(30, 60)
+    consistent = sum(sum(w * int(c1[j, t]) for j, w in enumerate(weights)) % q == int(out[t]) for t in check)
+    assert consistent == 0, "the result's second polynomial is a fixed combination of the inputs'"
 
 
 def test_batch_result_slots_beyond_rows_are_zero(server):

@@ -157,3 +157,23 @@ def test_log_lines_inside_a_request_carry_its_id(tmp_path):
         line = json.loads(JSONLineFormatter().format(record))
     assert line["request_id"] == "abc123" and line["message"] == "something odd" and line["level"] == "warning"
     assert "request_id" not in json.loads(JSONLineFormatter().format(record))
+
+
+def test_coefficient_codec_round_trips_and_masks_all_but_the_constant():
+    from protocol.coefficients import CoefficientCodec, uniform_mod
+
+    codec = CoefficientCodec(LINEAR_PARAMS.seal_context())
+    q, n = codec.moduli[0], codec.n
+    values = np.random.default_rng(0).normal(0.0, 3.0, 40)
+    plain = codec.encode(values, 2.0**30)
+    coefficients = codec.from_ntt(codec.plaintext_residues(plain))[0]
+    signed = [int(c) - q if c > q // 2 else int(c) for c in coefficients]  # exact: floats lose the low bits
+    assert signed[:40] == [int(v) for v in np.rint(values * 2.0**30)] and not any(signed[40:])
+    assert codec.constant(plain) == np.rint(values[0] * 2.0**30) / 2.0**30
+    mask = codec.from_ntt(codec.uniform_except_constant([12345]))[0]
+    assert int(mask[0]) == 12345
+    assert 0.45 < np.mean(mask[1:] > q // 2) < 0.55  # uniform: as many above q/2 as below
+    drawn = uniform_mod(q, 100_000)
+    assert drawn.max() < q and 0.49 < np.mean(drawn > q // 2) < 0.51
+    with pytest.raises(ValueError, match="do not fit"):
+        codec.encode(np.zeros(n + 1), 1.0)
