@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-packages demo serve test lint bench bench-fleet bench-limits models clean
+.PHONY: setup system-packages demo serve test test-fast lint bench bench-fleet bench-limits models clean
 
-$(VENV)/.installed: requirements.txt
+# The project is installed (editable, with every extra) against the exact pins of requirements.txt:
+# `heserve`, `heserve-server` and `import heserve` then work from anywhere, with no path set.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: $(VENV)/.installed
@@ -18,30 +21,34 @@ system-packages:
 	bash scripts/install-system-packages.sh
 
 models: setup
-	$(PY) -m models
+	$(PY) -m heserve.models
 
 demo: setup
 	$(PY) scripts/demo.py
 
 # The server in the foreground on 127.0.0.1:8000 (embedded key store), for the SDK, the command
-# line (python -m client) and the notebooks (HESERVE_URL=http://127.0.0.1:8000). Ctrl-C stops it.
+# line (heserve) and the notebooks (HESERVE_URL=http://127.0.0.1:8000). Ctrl-C stops it.
 serve: setup
-	$(PY) -m server --port 8000
+	$(VENV)/bin/heserve-server --port 8000
 
 test: setup system-packages
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
+# Everything that starts no process (no gunicorn, redis-server, nginx, notebook): under a minute.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m heserve.benchmarks
 
 # Several instances behind nginx with keys in Redis, key-cache cost, capacity per core (~6 min).
 bench-fleet: setup system-packages
-	$(PY) -m benchmarks.fleet
+	$(PY) -m heserve.benchmarks.fleet
 
 # The most one request can cost a worker, per route, with the default limits (~3 min).
 bench-limits: setup
-	$(PY) -m benchmarks.limits
+	$(PY) -m heserve.benchmarks.limits
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

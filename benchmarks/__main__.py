@@ -1,4 +1,4 @@
-"""Run the benchmarks: `python -m benchmarks [--quick] [--out DIR]`.
+"""Run the benchmarks: `python -m heserve.benchmarks [--quick] [--out DIR]`.
 
 Starts the server (gunicorn, two workers) on a free loopback port, measures every workload
 in one run (linear models and networks; single sample and batch; plaintext, TenSEAL's naive
@@ -18,7 +18,7 @@ from .suite import DEFAULT_OUT, FULL, QUICK, run, write
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m heserve.benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--quick",
@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, metavar="DIR", help="results folder (default: benchmarks/results/)"
     )
     args = parser.parse_args(argv)
-    command = "python -m benchmarks" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
+    command = (
+        "python -m heserve.benchmarks" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
+    )
     result = run(QUICK if args.quick else FULL, command=command)
     paths = write(result, args.out or DEFAULT_OUT)
     print(paths[1].read_text())

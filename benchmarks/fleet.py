@@ -1,6 +1,6 @@
 """Scale-out measurements: instances behind nginx with keys in Redis, key-cache cost, capacity.
 
-    python -m benchmarks.fleet [--seconds 15] [--out benchmarks/results]
+    python -m heserve.benchmarks.fleet [--seconds 15] [--out benchmarks/results]
 
 Starts real redis-server, nginx and gunicorn processes on free loopback ports (the
 configurations in deploy/), and measures, in one run:
@@ -29,17 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from client import Client
-from client.keys import SecretContext
-from models.nets import digits_split, mnist_size_split
-from models.recipes import breast_cancer_split, diabetes_split
-from protocol.spec import EncryptionSpec
-from server.keys import KeyService
-from server.keystore import DiskKeyStore, KeyCache
-from server.models import load_registry
-from server.redis_keystore import RedisKeyStore
-from tests.cluster import start_cluster, start_redis
-from tests.serverproc import ROOT
+from heserve.client import Client
+from heserve.client.keys import SecretContext
+from heserve.engine.spec import EncryptionSpec
+from heserve.models.nets import digits_split, mnist_size_split
+from heserve.models.recipes import breast_cancer_split, diabetes_split
+from heserve.server.service.keys import KeyService
+from heserve.server.service.keystore import DiskKeyStore, KeyCache
+from heserve.server.service.redis_keystore import RedisKeyStore
+from heserve.server.service.registry import load_registry
+
+from .cluster import ROOT, start_cluster, start_redis
 
 
 @dataclass
@@ -237,7 +237,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fleet", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m heserve.benchmarks.fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="per workload and setup")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from client import Client
-from client.client import EncryptedRequest, RemoteModel
-from client.keys import SecretContext
-from protocol import v2
-from server.config import ServerConfig
-from server.inference import InferenceLimits, infer
-from server.models import ServedModel
-from server.services import Services
+from heserve.client import Client
+from heserve.client.client import EncryptedRequest, RemoteModel
+from heserve.client.keys import SecretContext
+from heserve.protocol import v2
+from heserve.server.service.config import ServerConfig
+from heserve.server.service.inference import InferenceLimits, infer
+from heserve.server.service.registry import ServedModel
+from heserve.server.service.services import Services
 
 
 @dataclass

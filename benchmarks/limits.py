@@ -1,6 +1,6 @@
 """The most one request can cost a worker, per route: resident memory and wall time.
 
-    python -m benchmarks.limits [--out benchmarks/results]
+    python -m heserve.benchmarks.limits [--out benchmarks/results]
 
 Starts one real gunicorn server with one worker and the default limits, and sends the
 largest request each route accepts — the evaluation keys of every served element (and
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from client.keys import SecretContext
-from protocol import v2
-from protocol.spec import EncryptionSpec
-from server.config import ServerConfig
-from tests.serverproc import start_server
+from heserve.client.keys import SecretContext
+from heserve.engine.spec import EncryptionSpec
+from heserve.protocol import v2
+from heserve.server.launch import start_server
+from heserve.server.service.config import ServerConfig
 
 
 def _status(pid: int, field: str) -> int:

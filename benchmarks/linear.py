@@ -13,9 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import tenseal as ts
 
-from client import Client
-from models import artifact
-from models.recipes import MODELS_DIR, breast_cancer_split, diabetes_split, linnerud_split
+from heserve.client import Client
+from heserve.models import artifact
+from heserve.models.recipes import MODELS_DIR, breast_cancer_split, diabetes_split, linnerud_split
 
 from .inprocess import InProcess
 from .stats import agreement, alternating, latencies, one_thread, summary

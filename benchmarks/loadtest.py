@@ -1,6 +1,6 @@
 """A bounded load test: concurrent SDK clients doing encrypted inference against one server.
 
-    python -m benchmarks.loadtest --clients 16 --seconds 60 [--kill-worker-after 20]
+    python -m heserve.benchmarks.loadtest --clients 16 --seconds 60 [--kill-worker-after 20]
 
 Starts its own server (two gunicorn workers) on a free loopback port unless --url is given.
 With --kill-worker-after, one worker is SIGKILLed mid-run: the master replaces it and only
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client import Client
-from models.recipes import breast_cancer_split
+from heserve.client import Client
+from heserve.models.recipes import breast_cancer_split
 
 
 def run_load(url: str, clients: int, seconds: float, kill: tuple[float, set[int]] | None = None) -> dict:
@@ -93,7 +93,7 @@ def main() -> int:
     if args.url:
         print(json.dumps(run_load(args.url, args.clients, args.seconds), indent=2))
         return 0
-    from tests.serverproc import start_server
+    from heserve.server.launch import start_server
 
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp), workers=2)

@@ -17,11 +17,11 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 import torch
 
-from client import Client
-from client.keys import SecretContext
-from client.postprocess import preprocess
-from models.nets import digits_split, mnist_size_split
-from protocol import seal_io
+from heserve.client import Client
+from heserve.client.keys import SecretContext
+from heserve.client.postprocess import preprocess
+from heserve.engine import seal_io
+from heserve.models.nets import digits_split, mnist_size_split
 
 from .inprocess import InProcess
 from .linear import (

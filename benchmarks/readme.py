@@ -1,6 +1,6 @@
 """Copy a run's results.md into README.md between the bench markers.
 
-    python -m benchmarks.readme [--results benchmarks/results] [--readme README.md]
+    python -m heserve.benchmarks.readme [--results benchmarks/results] [--readme README.md]
 
 Links to the plots are rewritten relative to the README, so they point into the results folder.
 """
@@ -30,7 +30,9 @@ def splice(readme: str, results: str, link_prefix: str = "") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.readme", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m heserve.benchmarks.readme",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results", help="the run's folder")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from client.postprocess import labels
+from heserve.client.postprocess import labels
 
 # A regression output agrees with plaintext when it is within this relative tolerance
 # (absolute near zero): three significant digits, what a report would print.

@@ -1,6 +1,6 @@
 """One benchmark run: settings, the workloads in order, and the report they make.
 
-    from benchmarks.suite import QUICK, run, write
+    from heserve.benchmarks.suite import QUICK, run, write
     result = run(QUICK)              # starts (and stops) its own server
     write(result, Path("results"))   # results.json, results.md, PNG plots
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tests.serverproc import start_server
+from heserve.server.launch import start_server
 
 from . import linear, networks, report
 from .inprocess import InProcess

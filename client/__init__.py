@@ -3,8 +3,8 @@
 Needs numpy, tenseal and urllib3 only. The secret key is generated and kept here.
 """
 
-from .client import Client, EncryptedRequest, RemoteModel
-from .errors import (
+from heserve.client.client import Client, EncryptedRequest, RemoteModel
+from heserve.client.errors import (
     AuthenticationError,
     BadRequestError,
     ConnectionFailedError,
@@ -16,7 +16,7 @@ from .errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from .keys import SecretContext
+from heserve.client.keys import SecretContext
 
 __all__ = [
     "AuthenticationError",

@@ -1,8 +1,8 @@
-"""The command line of the client SDK, for people who do not write Python: `python -m client --help`.
+"""The command line of the client SDK, for people who do not write Python: `heserve --help`.
 
-    python -m client models
-    python -m client predict --model breast-cancer-logreg --input rows.csv --output predictions.csv
-    python -m client keys delete --model breast-cancer-logreg
+    heserve models
+    heserve predict --model breast-cancer-logreg --input rows.csv --output predictions.csv
+    heserve keys delete --model breast-cancer-logreg
 
 Everything the SDK does happens here too: the secret key is created (or loaded) locally,
 rows are encrypted before they leave the machine, results are decrypted locally.
@@ -33,11 +33,9 @@ from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
-from protocol.spec import BATCH, SINGLE
-
-from . import postprocess
-from .client import SINGLE_CIPHERTEXTS_PER_REQUEST, Client, RemoteModel
-from .errors import (
+from heserve.client import postprocess
+from heserve.client.client import SINGLE_CIPHERTEXTS_PER_REQUEST, Client, RemoteModel
+from heserve.client.errors import (
     AuthenticationError,
     BadRequestError,
     ConnectionFailedError,
@@ -49,8 +47,9 @@ from .errors import (
     ServerError,
     ServiceUnavailableError,
 )
+from heserve.engine.spec import BATCH, SINGLE
 
-PROG = "python -m client"
+PROG = "heserve"
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 60.0
 ENV_SERVER = "HESERVE_URL"
@@ -756,7 +755,7 @@ def _connection_options() -> argparse.ArgumentParser:
         "--server",
         metavar="URL",
         default=os.environ.get(ENV_SERVER) or DEFAULT_SERVER,
-        help=f"the server's address (default: ${ENV_SERVER} or {DEFAULT_SERVER}, what 'python -m server' starts)",
+        help=f"the server's address (default: ${ENV_SERVER} or {DEFAULT_SERVER}, what 'heserve-server' starts)",
     )
     group.add_argument(
         "--api-key",
@@ -795,7 +794,7 @@ decrypt the results locally and write them as a CSV file. The server never sees 
 the predictions.
 
 Input: a CSV file with a header row. The column names must be the model's input names (see
-'python -m client models'), in any order; they are put in the model's order before encryption.
+'heserve models'), in any order; they are put in the model's order before encryption.
 Every value must be a finite number. A missing or extra column, an empty cell or a value that is
 not a number stops the command before anything is sent, naming the data row (counted from 1 below
 the header) with its line in the file (the header being line 1) and the column.
@@ -811,7 +810,7 @@ Columns:
 
 Keys: the secret key is created on first use and kept in --key-file. The public evaluation keys
 registered with the server are reused by later runs while they live (15 minutes by default);
-erase them with 'python -m client keys delete' or with --erase-key.
+erase them with 'heserve keys delete' or with --erase-key.
 """
 
 EPILOG = """\
@@ -924,7 +923,7 @@ def explain(exc: HEClientError, args: argparse.Namespace) -> tuple[int, str]:
         return EXIT_FAILURE, (
             f"cannot reach the server at {server}"
             + (f": {reason.group(1).strip()}" if reason else "")
-            + " (is it running? start one with 'python -m server', or pass --server URL)"
+            + " (is it running? start one with 'heserve-server', or pass --server URL)"
         )
     if isinstance(exc, KeyFileError):
         hint = "give --key-file a new path: a key file is made for one kind of model"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocol.packing import PackedLayout, tile_features
-from protocol.spec import LayoutSpec
+from heserve.engine.packing import PackedLayout, tile_features
+from heserve.engine.spec import LayoutSpec
 
 
 def pack_single(row: np.ndarray, layout: LayoutSpec, slot_count: int) -> list[np.ndarray]:

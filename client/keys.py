@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from protocol import binding, seal_io, seal_raw, v2
-from protocol.coefficients import CoefficientCodec
-from protocol.params import CKKSParams, galois_element
-
-from .errors import HEClientError, KeyFileError
+from heserve.client.errors import HEClientError, InputError, KeyFileError
+from heserve.engine import seal_io, seal_raw
+from heserve.engine.coefficients import CoefficientCodec
+from heserve.engine.params import CKKSParams, galois_element
+from heserve.protocol import binding, v2
 
 KEY_FILE_MAGIC = b"HESK1\n"
 
@@ -122,7 +122,7 @@ class SecretContext:
         """
         values = np.asarray(values, dtype=np.float64).ravel()
         if values.size > self.slot_count:
-            raise ValueError(f"{values.size} values do not fit {self.slot_count} slots")
+            raise InputError(f"{values.size} values do not fit {self.slot_count} slots")
         plain = sealapi.Plaintext()
         self._encoder.encode(values.tolist(), scale, plain)
         if seeded:

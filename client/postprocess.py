@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from heserve.client.errors import InputError
 
 
 def preprocess(x: np.ndarray, spec: dict) -> np.ndarray:

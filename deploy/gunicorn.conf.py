@@ -1,6 +1,6 @@
 """gunicorn settings for one heserve instance behind nginx (or a Kubernetes Service).
 
-    python -m server --gunicorn-config deploy/gunicorn.conf.py --key-store redis --port 8001
+    heserve-server --gunicorn-config deploy/gunicorn.conf.py --key-store redis --port 8001
 
 It starts from the built-in settings (server/gunicorn_conf.py: one worker process per core,
 gthread with HESERVE_THREADS threads, JSON logs, Prometheus multiprocess clean-up) and
@@ -9,7 +9,7 @@ changes only what differs behind a proxy. Values still come from HESERVE_* varia
 
 import os
 
-from server.gunicorn_conf import *  # noqa: F403 - the built-in settings are the base
+from heserve.server.web.gunicorn_conf import *  # noqa: F403 - the built-in settings are the base
 
 # nginx keeps idle upstream connections for 4 s (keepalive_timeout in deploy/nginx/heserve.conf);
 # gunicorn must keep them longer, or nginx may send a request on a connection gunicorn is closing.

@@ -1,1 +1,1 @@
-"""Shipped model artifacts and the recipes that train them (`python -m models`)."""
+"""Shipped model artifacts and the recipes that train them (`python -m heserve.models`)."""

@@ -1,9 +1,9 @@
-"""Rebuild the shipped model artifacts: `python -m models [--out DIR]`."""
+"""Rebuild the shipped model artifacts: `python -m heserve.models [--out DIR]`."""
 
 import argparse
 from pathlib import Path
 
-from .recipes import MODELS_DIR, build_all
+from heserve.models.recipes import MODELS_DIR, build_all
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact
+from heserve.models import artifact
 
 MAX_DENSE_LAYERS = 2  # one hidden polynomial activation: the depth the engine packs without masking
 
@@ -95,7 +95,7 @@ def torch_layers(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
     import torch
     from torch import nn
 
-    from .nn import PolyActivation, Square
+    from heserve.models.nn import PolyActivation, Square
 
     if not isinstance(model, nn.Sequential):
         raise ExportError(f"expected torch.nn.Sequential, got {type(model).__name__}")

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from .recipes import RANDOM_STATE, TEST_SIZE
+from heserve.models.recipes import RANDOM_STATE, TEST_SIZE
 
 DIGIT_SCALE = 16.0  # pixel values are 0..16
 
@@ -62,7 +62,7 @@ def _build(name: str, make_model, split, input_shape, directory: Path, descripti
            lr: float) -> dict:
     import torch
 
-    from .export import torch_to_artifact
+    from heserve.models.export import torch_to_artifact
 
     torch.manual_seed(RANDOM_STATE)
     torch.set_num_threads(1)  # bitwise-reproducible training
@@ -87,7 +87,7 @@ def _build(name: str, make_model, split, input_shape, directory: Path, descripti
 def build_digits_mlp(directory: Path) -> dict:
     from torch import nn
 
-    from .nn import Square
+    from heserve.models.nn import Square
 
     return _build("digits-mlp", lambda: nn.Sequential(nn.Linear(64, 32), Square(), nn.Linear(32, 10)),
                   digits_split, (64,), directory, "MLP 64-32-square-10 on 8x8 digits.", epochs=60, lr=3e-3)
@@ -96,7 +96,7 @@ def build_digits_mlp(directory: Path) -> dict:
 def build_digits_cnn(directory: Path) -> dict:
     from torch import nn
 
-    from .nn import Square
+    from heserve.models.nn import Square
 
     return _build(
         "digits-cnn",
@@ -109,7 +109,7 @@ def build_digits_cnn(directory: Path) -> dict:
 def build_mnist_size_mlp(directory: Path) -> dict:
     from torch import nn
 
-    from .nn import Square
+    from heserve.models.nn import Square
 
     return _build("mnist-size-mlp", lambda: nn.Sequential(nn.Linear(784, 128), Square(), nn.Linear(128, 10)),
                   mnist_size_split, (784,), directory,

@@ -1,6 +1,6 @@
 """Deterministic recipes for the shipped models, trained on scikit-learn's bundled data sets.
 
-`python -m models` rebuilds every artifact under models/; the same split functions
+`python -m heserve.models` rebuilds every artifact under models/; the same split functions
 give the tests the exact held-out rows.
 """
 
@@ -14,7 +14,7 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from . import artifact
+from heserve.models import artifact
 
 MODELS_DIR = Path(__file__).resolve().parent
 RANDOM_STATE = 0
@@ -152,7 +152,7 @@ RECIPES = {
 
 def all_recipes() -> dict:
     """Linear recipes, plus the networks (which need torch to train)."""
-    from .nets import NETWORK_RECIPES
+    from heserve.models.nets import NETWORK_RECIPES
 
     return {**RECIPES, **NETWORK_RECIPES}
 

@@ -1,9 +1,9 @@
-"""Helpers for the notebooks: the repository root on sys.path, and a real server to talk to.
+"""Helpers for the notebooks: a real server to talk to (the project is installed: `make setup`).
 
 The notebooks run with notebooks/ as working directory and import this module first:
 
     import _server
-    server = _server.start(workers=1)       # `python -m server` (gunicorn) on a free loopback port
+    server = _server.start(workers=1)       # `heserve-server` (gunicorn) on a free loopback port
     ...
     server.stop()                           # also done at interpreter exit for every server started here
 
@@ -29,28 +29,26 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from heserve.server.launch import free_port, terminate
 
-from tests.serverproc import free_port, terminate  # noqa: E402 - importable once the root is on sys.path
+ROOT = Path(__file__).resolve().parent.parent
 
 _STARTED: list[Server] = []
 
 # On Linux the server is asked to receive SIGTERM when the process that started it dies (a kernel
-# killed mid-notebook then leaves no server behind); the wrapper execs into `python -m server`.
+# killed mid-notebook then leaves no server behind); the wrapper execs into `heserve-server`.
 _WRAPPER = (
     "import ctypes, os, signal, sys\n"
     "if sys.platform.startswith('linux'):\n"
     "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
     "    if os.getppid() != int(sys.argv[1]):\n"
     "        sys.exit(1)\n"
-    "os.execv(sys.executable, [sys.executable, '-m', 'server', *sys.argv[2:]])\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'heserve.server', *sys.argv[2:]])\n"
 )
 
 
 def repo_root() -> Path:
-    """The repository root (also put on sys.path, so `client`, `models`, `protocol` import)."""
+    """The repository root (the notebooks find the shipped models and data there)."""
     return ROOT
 
 
@@ -128,7 +126,7 @@ def start(
     timeout: float = 90.0,
     **env: str,
 ) -> Server:
-    """Start `python -m server` on a free loopback port and wait until it answers ready.
+    """Start `heserve-server` on a free loopback port and wait until it answers ready.
 
     `env`: further settings as HESERVE_* variables, e.g. `start(max_single_rows="16")`. HESERVE_*
     variables of this process are not passed on, so the server runs with the defaults plus these.

@@ -1,4 +1,4 @@
-"""Wire format and CKKS parameter rules shared by the client SDK and the server.
+"""The wire format: Open Inference Protocol V2 messages and ciphertext bindings.
 
-Both sides import this package; it depends on numpy and tenseal only.
+Shared by the SDK and the server; it imports numpy only.
 """

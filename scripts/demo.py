@@ -1,6 +1,6 @@
 """The first-run demo: serve the shipped models, predict on encrypted breast-cancer rows, compare.
 
-Starts `python -m server` (gunicorn, embedded on-disk key store) on 127.0.0.1, waits
+Starts `heserve-server` (gunicorn, embedded on-disk key store) on 127.0.0.1, waits
 until it is ready, encrypts a few rows with the client SDK, gets encrypted
 predictions, decrypts them locally and prints them beside the plaintext model's,
 with the time each step took. Then stops the server.
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from heserve.client import Client
+from heserve.models import artifact
+from heserve.models.nets import digits_split
+from heserve.models.recipes import RECIPES, breast_cancer_split
 
-from client import Client  # noqa: E402
-from models import artifact  # noqa: E402
-from models.nets import digits_split  # noqa: E402
-from models.recipes import RECIPES, breast_cancer_split  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+HESERVE = str(Path(sys.executable).with_name("heserve"))  # the command line, installed with the project
 
 
 def free_port(preferred: int) -> int:
@@ -73,13 +73,13 @@ def command_line_demo(url: str, rows: np.ndarray) -> None:
             writer.writerow(names)
             writer.writerows([f"{v:g}" for v in row] for row in rows)
         command = [
-            sys.executable, "-m", "client", "predict", "--server", url, "--model", "breast-cancer-logreg",
+            HESERVE, "predict", "--server", url, "--model", "breast-cancer-logreg",
             "--input", str(csv_in), "--output", str(csv_out), "--proba", "--quiet", "--erase-key",
             "--key-file", str(Path(tmp) / "bc.key"),
         ]  # fmt: skip
         subprocess.run(command, cwd=ROOT, check=True)
         print(
-            f"\ncommand line: python -m client predict --model breast-cancer-logreg --input rows.csv "
+            f"\ncommand line: heserve predict --model breast-cancer-logreg --input rows.csv "
             f"--output predictions.csv --proba  ({len(rows)} rows, {len(names)} columns)"
         )
         print("\n".join(csv_out.read_text().splitlines()[:4]) + "\n...")
@@ -91,7 +91,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     keys_dir = tempfile.mkdtemp(prefix="heserve-demo-keys-")
     server = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", str(port), "--keys-dir", keys_dir],
+        [sys.executable, "-m", "heserve.server", "--port", str(port), "--keys-dir", keys_dir],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,6 +1,6 @@
 """Start the server under gunicorn.
 
-    python -m server --host 127.0.0.1 --port 8000 --workers 2 --models-dir models --keys-dir /var/lib/heserve/keys
+    heserve-server --host 127.0.0.1 --port 8000 --workers 2 --models-dir models --keys-dir /var/lib/heserve/keys
 
 Every flag can also be set as an HESERVE_* environment variable (HESERVE_PORT, ...).
 """
@@ -13,12 +13,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import ENV_PREFIX, KEY_STORES, ServerConfig
+from heserve.server.service.config import ENV_PREFIX, KEY_STORES, ServerConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = ServerConfig.from_env()
-    parser = argparse.ArgumentParser(prog="python -m server", description="Encrypted inference server (gunicorn).")
+    parser = argparse.ArgumentParser(prog="heserve-server", description="Encrypted inference server (gunicorn).")
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port)
     parser.add_argument("--workers", type=int, default=defaults.workers, help="0: one per core")
@@ -92,26 +92,24 @@ def main(argv: list[str] | None = None) -> None:
         stale.unlink()
     env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # Fail here, with a readable message, rather than in every worker.
-    from .models import load_registry
+    from heserve.server.service.registry import load_registry
 
     load_registry(config.models_dir)
-    from .auth import APIKeys
+    from heserve.server.service.auth import APIKeys
 
     APIKeys.load(config.api_keys_file, config.api_keys)
     _check_key_store(config)
-    conf = config.gunicorn_config_file or Path(__file__).with_name("gunicorn_conf.py")
+    conf = config.gunicorn_config_file or Path(__file__).parent / "web" / "gunicorn_conf.py"
     if not conf.is_file():
         sys.exit(f"error: gunicorn configuration {conf} not found")
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-    command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "server.app:create_app()"]
+    command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "heserve.server.web.app:create_app()"]
     os.execvpe(command[0], command, env)
 
 
 def _check_key_store(config: ServerConfig) -> None:
     """A key store that is down at start is reported, not fatal: the server answers 503 until it returns."""
-    from .keystore import KeyStoreUnavailable
-    from .services import open_key_store
+    from heserve.server.service.keystore import KeyStoreUnavailable
+    from heserve.server.service.services import open_key_store
 
     try:
         open_key_store(config).ping()

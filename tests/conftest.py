@@ -2,9 +2,32 @@ from __future__ import annotations
 
 import pytest
 
-from client import Client
+from heserve.client import Client
 
 from .serverproc import ServerProcess, start_server
+
+# Tests that start processes (gunicorn, redis-server, nginx, a notebook kernel, pip and a fresh
+# virtual environment, load generators) carry the `slow` marker: `pytest -m "not slow"` (make
+# test-fast) runs everything else, in process, in under a minute; `make test` runs all.
+SLOW_MODULES = {
+    "test_adversarial", "test_bad_input", "test_benchmarks", "test_cli", "test_cluster", "test_end_to_end",
+    "test_fuzz", "test_load", "test_metrics", "test_notebooks", "test_packaging", "test_privacy",
+    "test_redis_keystore", "test_sdk", "test_tenants",
+}  # fmt: skip
+PROCESS_FIXTURES = {"server", "client", "redis_server"}
+# Tests of mixed modules that start a redis-server themselves.
+SLOW_TESTS = {
+    "test_a_shared_client_and_scripts_reloaded_after_a_restart",
+    "test_redis_down_is_unavailable_quickly_and_recovers",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        uses = set(getattr(item, "fixturenames", ()))
+        if item.path.stem in SLOW_MODULES or uses & PROCESS_FIXTURES or name in SLOW_TESTS or "[redis" in item.name:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

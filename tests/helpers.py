@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import requests
 
-from client import encoding
-from client.keys import SecretContext
-from protocol import v2
-from protocol.params import CKKSParams
-from protocol.spec import EncryptionSpec
+from heserve.client import encoding
+from heserve.client.keys import SecretContext
+from heserve.engine.params import CKKSParams
+from heserve.engine.spec import EncryptionSpec
+from heserve.protocol import v2
 
 
 def model_spec(url: str, name: str) -> EncryptionSpec:
@@ -79,50 +79,15 @@ def decode_outputs(response: requests.Response) -> v2.Message:
     return v2.decode(response.content, int(raw) if raw else None, "outputs")
 
 
-class InProcessClient:
-    """The SDK's Client, talking to a Services object through server.inference directly (no HTTP)."""
+def in_process_client(models_dir, keys_dir, **settings):
+    """The SDK's Client, calling a server's Flask app in this process through WSGITransport (no socket)."""
+    from heserve.client import Client
+    from heserve.client.transport import WSGITransport
+    from heserve.server.service.config import ServerConfig
+    from heserve.server.web.app import create_app
 
-    def __init__(self, services):
-        from client import Client
-
-        self.services = services
-        self.client = Client("http://in-process")
-        self.client._request = self._request
-
-    def _request(self, method, path, body=None, headers=None):
-        import json as _json
-
-        from client.client import Response
-        from client.errors import error_for_status
-        from server.errors import APIError
-        from server.inference import InferenceLimits, infer
-
-        headers = headers or {}
-        length = headers.get(v2.HEADER_LENGTH)
-        try:
-            if method == "GET" and path.startswith("/v2/models/"):
-                model = self.services.registry.get(path.split("/")[3])
-                return Response(200, {}, _json.dumps(model.metadata()).encode())
-            if method == "POST" and path == "/v2/keys":
-                record = self.services.keys.register(body, int(length))
-                return Response(201, {}, _json.dumps(record.public_view()).encode())
-            if method == "POST" and path.endswith("/infer"):
-                model = self.services.registry.get(path.split("/")[3])
-                config = self.services.config
-                out, out_length = infer(
-                    model,
-                    self.services.keys,
-                    body,
-                    int(length) if length else None,
-                    InferenceLimits.from_config(config),
-                )
-                return Response(200, {v2.HEADER_LENGTH: str(out_length)} if out_length else {}, out)
-        except APIError as exc:
-            raise error_for_status(exc.status, exc.message, exc.code) from None
-        raise AssertionError(f"unexpected {method} {path}")
-
-    def model(self, name):
-        return self.client.model(name)
+    app = create_app(ServerConfig.from_env(models_dir=models_dir, keys_dir=keys_dir, **settings))
+    return Client("http://in-process", transport=WSGITransport(app))
 
 
 def infer_with_key(model, key_id: str, rows: np.ndarray) -> list[bytes]:

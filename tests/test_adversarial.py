@@ -23,10 +23,11 @@ import requests
 import tenseal.sealapi as sealapi
 import zstandard
 
-from client.keys import SecretContext
-from protocol import seal_io, seal_raw, v2
-from protocol.params import CKKSParams, galois_element
-from server.keystore import KeyCache
+from heserve.client.keys import SecretContext
+from heserve.engine import seal_io, seal_raw
+from heserve.engine.params import CKKSParams, galois_element
+from heserve.protocol import v2
+from heserve.server.service.keystore import KeyCache
 
 from .helpers import encrypt_single, infer_message, model_spec, post_binary, register
 from .serverproc import start_server
@@ -413,7 +414,7 @@ def post_raw_headers(url: str, body: bytes, length: int, headers: dict[str, str]
 
 
 def spec_as(url: str, tenant: str, name: str):
-    from protocol.spec import EncryptionSpec
+    from heserve.engine.spec import EncryptionSpec
 
     metadata = requests.get(f"{url}/v2/models/{name}", headers=auth(tenant), timeout=10).json()
     return EncryptionSpec.from_json(metadata["parameters"]["encryption"])
@@ -537,7 +538,7 @@ def test_worker_pids_survived_the_whole_module(lone_worker):
 
 
 def test_quotas_are_shared_by_instances_on_one_redis(tmp_path):
-    from .cluster import start_cluster
+    from heserve.benchmarks.cluster import start_cluster
 
     limits = {"quota_max_keys": "2", "quota_requests_per_second": "100", "quota_request_burst": "100"}
     with start_cluster(tmp_path, instances=2, workers=1, balancer=False, **limits) as cluster:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import requests
 
-from client.keys import SecretContext
-from protocol import v2
-from protocol.params import CKKSParams
+from heserve.client.keys import SecretContext
+from heserve.engine.params import CKKSParams
+from heserve.protocol import v2
 
 from .helpers import encrypt_single, infer_message, model_spec, post_binary, read_answer, register
 
@@ -208,7 +208,7 @@ def test_registration_refusals_store_nothing(server):
 def test_secret_key_is_refused(server):
     spec = model_spec(server.url, MODEL)
     secret = SecretContext.generate(spec.ckks)
-    from protocol import seal_io
+    from heserve.engine import seal_io
 
     message = v2.Message(
         [v2.Tensor("secret_key", "BYTES", [1], [seal_io.dump(secret._secret_key)])],
@@ -302,7 +302,7 @@ def test_a_stalled_body_gets_408_and_the_worker_keeps_serving(tmp_path):
 
 
 def test_ciphertext_made_under_other_keys_is_refused(server):
-    from client import BadRequestError, Client
+    from heserve.client import BadRequestError, Client
 
     with Client(server.url) as client:
         mine = client.model("diabetes-linreg")

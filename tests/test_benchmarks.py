@@ -1,4 +1,4 @@
-"""`python -m benchmarks --quick` runs every workload in one go and writes coherent results.
+"""`python -m heserve.benchmarks --quick` runs every workload in one go and writes coherent results.
 
 One subprocess run (about a minute on a busy 2-core machine) shared by the checks below.
 """
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import linear, networks, readme, suite
-from benchmarks.inprocess import InProcess
+from heserve.benchmarks import linear, networks, readme, suite
+from heserve.benchmarks.inprocess import InProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 LINEAR_ROLES = {
@@ -33,7 +33,7 @@ def quick(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "heserve.benchmarks", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -152,7 +152,7 @@ def test_quick_run_header_names_machine_and_versions(quick):
         assert header[key], key
         assert f"- {key}: {header[key]}" in md, key
     assert header["cores"] >= 1 and f"{header['cores']} cores" in header["machine"]
-    assert header["command"].startswith("python -m benchmarks --quick")
+    assert header["command"].startswith("python -m heserve.benchmarks --quick")
     assert header["tenseal"][0].isdigit() and header["numpy"][0].isdigit() and header["torch"][0].isdigit()
     settings = quick["json"]["settings"]["description"]
     assert settings.startswith("quick run") and "models left out: digits-cnn, mnist-size-mlp" in settings

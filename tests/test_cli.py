@@ -1,4 +1,4 @@
-"""The command line (`python -m client ...`), driven as a user would: subprocesses against the real server."""
+"""The command line (`heserve ...`), driven as a user would: subprocesses against the real server."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import requests
 
-from models import artifact
-from models.nets import digits_split
-from models.recipes import breast_cancer_split, diabetes_split, linnerud_split
+from heserve.models import artifact
+from heserve.models.nets import digits_split
+from heserve.models.recipes import breast_cancer_split, diabetes_split, linnerud_split
 
 from .serverproc import ROOT, free_port, start_server
 
@@ -35,11 +35,12 @@ def cli_env(tmp_path_factory) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARIABLES}
     env["HESERVE_CLIENT_KEYS_DIR"] = str(tmp_path_factory.mktemp("client-keys"))
     return env
+HESERVE = str(Path(sys.executable).with_name("heserve"))  # the console script the project installs
 
 
 def run_cli(env: dict[str, str], *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "client", *args],
+        [HESERVE, *args],
         cwd=ROOT,
         env={**env, **(extra_env or {})},
         capture_output=True,
@@ -237,7 +238,7 @@ def test_progress_bar_on_a_terminal(server, cli_env, tmp_path):
     reader.start()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "client", "predict", "--server", server.url, "--model", "diabetes-linreg",
+            [HESERVE, "predict", "--server", server.url, "--model", "diabetes-linreg",
              "--input", str(rows), "--output", "-", "--batch-size", "10", "--key-file", str(tmp_path / "k.key")],
             cwd=ROOT, env=cli_env, stdout=subprocess.PIPE, stderr=slave, timeout=120,
         )
@@ -427,8 +428,8 @@ def test_api_key_from_the_environment(auth_server, cli_env):
 
 
 def test_the_key_record_follows_a_key_the_sdk_registered_again_mid_run(server, tmp_path):
-    from client import Client
-    from client.cli import KeyIdRecords, _predict_rows, ensure_registered, open_model, record_current_key
+    from heserve.client import Client
+    from heserve.client.cli import KeyIdRecords, _predict_rows, ensure_registered, open_model, record_current_key
 
     args = SimpleNamespace(quiet=True, batch_size=None, proba=False)
     with Client(server.url) as client:

@@ -16,9 +16,9 @@ import pytest
 import requests
 from sklearn.datasets import load_breast_cancer
 
-from client import Client, NotFoundError, ServiceUnavailableError
+from heserve.benchmarks.cluster import start_cluster
+from heserve.client import Client, NotFoundError, ServiceUnavailableError
 
-from .cluster import start_cluster
 from .helpers import infer_with_key
 
 MODEL = "breast-cancer-logreg"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import configparser
 import importlib.metadata
+import importlib.util
 import re
 import shlex
 import sys
@@ -20,15 +21,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server import gunicorn_conf
-from server.app import create_app
-from server.auth import APIKeys
-from server.config import ENV_PREFIX, REPO_ROOT, ServerConfig
+from heserve.server.service.auth import APIKeys
+from heserve.server.service.config import ENV_PREFIX, ServerConfig
+from heserve.server.web import gunicorn_conf
+from heserve.server.web.app import create_app
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SYSTEMD = DEPLOY / "systemd"
-LOCAL_PACKAGES = {"server", "protocol", "models", "client"}
 # Settings the key-store work adds to ServerConfig: the manifests rely on them.
 REDIS_SETTINGS = {"HESERVE_KEY_STORE", "HESERVE_REDIS_URL", "HESERVE_REDIS_TIMEOUT_SECONDS"}
 
@@ -198,7 +199,7 @@ def test_ports_agree():
     assert port["containerPort"] == 8000 and port["name"] == "http"
     assert int(flag(container["command"], "--port")) == port["containerPort"]
     assert flag(container["command"], "--host") == "0.0.0.0"
-    assert container["command"][:3] == ["python", "-m", "server"]
+    assert container["command"][:1] == ["heserve-server"]
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[kind]["httpGet"]["port"] in (port["name"], port["containerPort"]), kind
     annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
@@ -291,7 +292,7 @@ def test_pod_security():
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]], "python -m server writes its metrics directory in /tmp"
+    assert "emptyDir" in volumes[mounts["/tmp"]], "heserve-server writes its metrics directory in /tmp"
     keys_dir = configmap_env().get("HESERVE_KEYS_DIR") or deployment_env()["HESERVE_KEYS_DIR"]["value"]
     assert any(Path(keys_dir).is_relative_to(path) for path in mounts), "the disk key store would be read-only"
     user = re.search(r"^USER (\d+)(?::(\d+))?$", (DEPLOY / "Dockerfile").read_text(), re.M)
@@ -383,44 +384,56 @@ def imported_modules(path: Path) -> set[tuple[str, int, str | None]]:
     return found
 
 
+def module_file(name: str) -> Path | None:
+    """The source of a module, None for a name that is not one (an attribute `from x import name`)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return None
+    return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+
+
 def server_third_party_imports() -> tuple[set[str], set[str]]:
-    """Top-level third-party modules reachable from server/, and the local packages it uses."""
-    queue = sorted((REPO_ROOT / "server").glob("*.py"))
-    seen: set[Path] = set()
+    """Top-level third-party modules reachable from heserve.server, and the heserve packages it uses."""
+    queue = ["heserve.server.__main__", "heserve.server.web.app", "heserve.server.web.gunicorn_conf"]
+    queue += [f"heserve.server.{p.parent.name}.{p.stem}" for p in (REPO_ROOT / "server").glob("*/*.py")]
+    seen: set[str] = set()
     third_party: set[str] = set()
     local: set[str] = set()
     while queue:
-        path = queue.pop()
-        if path in seen:
+        module_name = queue.pop()
+        path = module_file(module_name)
+        if module_name in seen or path is None:
             continue
-        seen.add(path)
-        package = path.parent.relative_to(REPO_ROOT).parts
+        seen.add(module_name)
+        package = module_name.split(".") if path.name == "__init__.py" else module_name.split(".")[:-1]
         for module, level, name in imported_modules(path):
             parts = [*package[: len(package) - level + 1], *module.split(".")] if level else module.split(".")
             parts = [p for p in parts if p]
-            if parts[0] not in LOCAL_PACKAGES:
+            if parts[0] != "heserve":
                 if parts[0] not in sys.stdlib_module_names and parts[0] != "__future__":
                     third_party.add(parts[0])
                 continue
-            local.add(parts[0])
-            base = REPO_ROOT.joinpath(*parts)
-            candidates = [base.with_suffix(".py"), base / "__init__.py"]
+            if len(parts) > 1:
+                local.add(parts[1])
+            queue.append(".".join(parts))
             if name:
-                candidates.append(base / f"{name}.py")
-            queue += [c for c in candidates if c.exists()]
+                queue.append(".".join([*parts, name]))
     return third_party, local
 
 
 def test_server_image_has_every_package_the_server_imports():
     third_party, local = server_third_party_imports()
-    assert "client" not in local, "the server imports the client SDK: copy client/ into the image"
+    assert "client" not in local, "the server imports the client SDK"
+    assert {"server", "engine", "protocol", "models"} >= local, local
     distributions = importlib.metadata.packages_distributions()
     needed = {canonical(distributions.get(module, [module])[0]) for module in third_party}
     missing = needed - requirement_pins(DEPLOY / "requirements-server.txt").keys()
     assert not missing, f"imported by the server but not installed in the image: {sorted(missing)}"
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    for package in local:
-        assert re.search(rf"^COPY {package}/ {package}/$", dockerfile, re.M), f"{package}/ is not copied"
+    for package in local | {"heserve"}:
+        folder = "heserve" if package == "heserve" else package
+        assert re.search(rf"^COPY {folder}/ /src/{folder}/$", dockerfile, re.M), f"{folder}/ is not copied"
 
 
 def test_dockerfile_installs_the_server_subset_only():
@@ -434,7 +447,7 @@ def test_dockerfile_installs_the_server_subset_only():
     for source in re.findall(r"^COPY (\S+) \S+$", dockerfile, re.M):
         assert (REPO_ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
-    assert cmd and yaml.safe_load(cmd.group(1))[:3] == ["python", "-m", "server"]
+    assert cmd and yaml.safe_load(cmd.group(1)) == ["heserve-server"]
 
 
 # ---------------------------------------------------------------------------- systemd
@@ -450,7 +463,7 @@ def unit() -> configparser.RawConfigParser:
 def test_systemd_unit_runs_the_server_per_port():
     service = unit()["Service"]
     command = shlex.split(service["ExecStart"])
-    assert command[1:3] == ["-m", "server"]
+    assert command[0].endswith("/bin/heserve-server")
     assert flag(command, "--port") == "%i", "the instance name is the port"
     assert service["EnvironmentFile"].lstrip("-") == "/etc/heserve/heserve.env"
     assert service["Restart"] == "on-failure"

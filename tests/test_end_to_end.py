@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import artifact
-from models.recipes import breast_cancer_split, diabetes_split, linnerud_split
+from heserve.models import artifact
+from heserve.models.recipes import breast_cancer_split, diabetes_split, linnerud_split
 
 ROOT = Path(__file__).resolve().parent.parent
 

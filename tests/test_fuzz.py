@@ -9,11 +9,11 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.keys import SecretContext
-from protocol import v2
-from server import create_app
-from server.config import ServerConfig
-from server.openapi import document
+from heserve.client.keys import SecretContext
+from heserve.protocol import v2
+from heserve.server import create_app
+from heserve.server.service.config import ServerConfig
+from heserve.server.web.openapi import document
 
 from .helpers import encrypt_single, infer_message, model_spec, post_binary, register
 

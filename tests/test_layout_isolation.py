@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 import tenseal.sealapi as sealapi
 
-from client import encoding
-from client.keys import SecretContext
-from models.nets import digits_split, mnist_size_split
-from protocol import seal_io
-from protocol.packing import PackedLayout
-from protocol.spec import SINGLE
-from server.engine import LinearPlan
-from server.models import ServedModel, load_registry
-from server.network import NETWORK_PARAMS, NetworkPlan
+from heserve.client import encoding
+from heserve.client.keys import SecretContext
+from heserve.engine import seal_io
+from heserve.engine.linear import LinearPlan
+from heserve.engine.neural import NETWORK_PARAMS, NetworkPlan
+from heserve.engine.packing import PackedLayout
+from heserve.engine.spec import SINGLE
+from heserve.models.nets import digits_split, mnist_size_split
+from heserve.server.service.registry import ServedModel, load_registry
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 LINEAR_ONE = ["breast-cancer-logreg", "diabetes-linreg"]
@@ -227,7 +227,7 @@ def test_network_complex_slots_answer_the_model_at_one_complex_point(registry, a
 
 def test_one_layer_network_answers_one_row():
     """A single dense layer: the identity takes layer 2's place, with the same structure around it."""
-    from server.engine import SealRuntime
+    from heserve.engine.linear import SealRuntime
 
     rng = np.random.default_rng(7)
     weights, bias = rng.normal(0.0, 0.5, (6, 20)), rng.normal(0.0, 1.0, 6)
@@ -249,7 +249,7 @@ def honest_rows(name: str, count: int) -> np.ndarray:
         return digits_split()[1][:count]
     if name == "mnist-size-mlp":
         return mnist_size_split()[1][:count]
-    from benchmarks.linear import SPLITS
+    from heserve.benchmarks.linear import SPLITS
 
     return SPLITS[name]()[1][:count]
 

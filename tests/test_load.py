@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.loadtest import run_load
+from heserve.benchmarks.loadtest import run_load
 
 from .serverproc import start_server
 

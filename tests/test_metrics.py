@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from client import Client
+from heserve.client import Client
 
 from .serverproc import start_server
 

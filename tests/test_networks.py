@@ -7,15 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from client.keys import SecretContext
-from models.export import ExportError, sklearn_to_artifact, torch_layers, torch_to_artifact
-from models.nets import digits_split, mnist_size_split
-from models.nn import PolyActivation, Square
-from server.config import ServerConfig
-from server.models import load_registry
-from server.services import Services
+from heserve.client.keys import SecretContext
+from heserve.models.export import ExportError, sklearn_to_artifact, torch_layers, torch_to_artifact
+from heserve.models.nets import digits_split, mnist_size_split
+from heserve.models.nn import PolyActivation, Square
+from heserve.server.service.registry import load_registry
 
-from .helpers import InProcessClient, decode_outputs, infer_message, model_spec, post_binary, register
+from .helpers import decode_outputs, in_process_client, infer_message, model_spec, post_binary, register
 
 NETWORKS = {"digits-mlp": digits_split, "digits-cnn": digits_split, "mnist-size-mlp": mnist_size_split}
 ROWS = 200
@@ -47,7 +45,7 @@ def test_network_result_slots_hold_only_outputs(server, registry):
     secret = SecretContext.generate(spec.ckks)
     key_id = register(server.url, secret, spec.rotation_steps, relin_keys=True).json()["key_id"]
     _, x_test, _, _ = digits_split()
-    from client import Client
+    from heserve.client import Client
 
     with Client(server.url) as c:
         model = c.model("digits-mlp", secret_context=secret)
@@ -73,7 +71,7 @@ def test_network_needs_relin_keys(server):
     key_id = register(server.url, secret, spec.rotation_steps)
     assert key_id.status_code == 201
     _, x_test, _, _ = digits_split()
-    from client import Client
+    from heserve.client import Client
 
     with Client(server.url) as c:
         request = c.model("digits-mlp", secret_context=secret).encrypt(x_test[:1], "single")[0]
@@ -140,9 +138,8 @@ def test_poly_activation_network_runs_encrypted(tmp_path):
         x_sample=x,
         postprocess={"type": "softmax", "classes": [0, 1, 2]},
     )
-    services = Services.build(ServerConfig.from_env(models_dir=tmp_path, keys_dir=tmp_path / "keys"))
     expected = model(torch.tensor(x, dtype=torch.float32)).detach().numpy()
-    remote = InProcessClient(services).model("poly-net")
+    remote = in_process_client(tmp_path, tmp_path / "keys").model("poly-net")
     for layout in ("single", "batch"):
         assert np.max(np.abs(remote.raw_scores(x[:4], layout=layout) - expected[:4])) < 1e-3
     assert np.max(np.abs(remote.raw_scores(x, layout="batch") - expected)) < 1e-3
@@ -166,8 +163,7 @@ def test_sklearn_models_export_through_the_same_path(tmp_path):
         from sklearn.tree import DecisionTreeClassifier
 
         sklearn_to_artifact(DecisionTreeClassifier().fit(x_train, y_train), tmp_path / "t", "t", x_sample=x_train)
-    services = Services.build(ServerConfig.from_env(models_dir=tmp_path, keys_dir=tmp_path / "keys"))
-    remote = InProcessClient(services)
+    remote = in_process_client(tmp_path, tmp_path / "keys")
     rows = x_test[:6]
     logreg = remote.model("digits-logreg")
     assert np.max(np.abs(logreg.raw_scores(rows, layout="single") - multinomial.decision_function(rows))) < 1e-3

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import requests
 
-from client import Client, NotFoundError
-from client.keys import SecretContext
-from models.recipes import breast_cancer_split
-from protocol import seal_io
+from heserve.client import Client, NotFoundError
+from heserve.client.keys import SecretContext
+from heserve.client.transport import HTTPTransport
+from heserve.engine import seal_io
+from heserve.models.recipes import breast_cancer_split
 
 from .helpers import decode_outputs, encrypt_single, infer_message, infer_with_key, model_spec, post_binary, register
 from .serverproc import start_server
@@ -40,19 +41,16 @@ def files_under(directory) -> list[bytes]:
     return out
 
 
-class Recorder:
-    """Wraps the client's connection pool and keeps every body it sends."""
+class Recorder(HTTPTransport):
+    """The SDK's HTTP transport, keeping every body it sends."""
 
-    def __init__(self, pool):
-        self.pool = pool
+    def __init__(self):
+        super().__init__()
         self.sent: list[tuple[str, bytes]] = []
 
-    def request(self, method, url, body=None, **kwargs):
+    def request(self, method, url, body, headers, timeout):
         self.sent.append((url, body or b""))
-        return self.pool.request(method, url, body=body, **kwargs)
-
-    def clear(self):
-        self.pool.clear()
+        return super().request(method, url, body, headers, timeout)
 
 
 def recent_temp_files(since: float, exclude) -> list[bytes]:
@@ -79,8 +77,8 @@ def recent_temp_files(since: float, exclude) -> list[bytes]:
 def test_secret_key_never_leaves_the_client_and_nothing_private_is_kept(server, tmp_path):
     started = time.time() - 1
     _, x_test, _, _ = breast_cancer_split()
-    with Client(server.url) as client:
-        client._http = recorder = Recorder(client._http)
+    recorder = Recorder()
+    with Client(server.url, transport=recorder) as client:
         model = client.model("breast-cancer-logreg", key_file=tmp_path / "secret.key")
         model.predict(x_test[:3], layout="single")
         model.predict(x_test[:50], layout="batch")
@@ -134,7 +132,7 @@ def raw_results(server, model_name: str, rows: np.ndarray, layout: str, seeded: 
         model.key_id = key_id
         request = model.encrypt(rows, layout)[0]
     if not seeded:  # full ciphertexts: the attacker then knows every input polynomial
-        from client import encoding
+        from heserve.client import encoding
 
         scale = 2.0 ** spec.layouts[layout].input_scale_bits(spec.input_scale_bits)
         if layout == "single":
@@ -154,7 +152,7 @@ def raw_results(server, model_name: str, rows: np.ndarray, layout: str, seeded: 
 def full_coefficient_ciphertext(secret: SecretContext, row: np.ndarray, scale: float) -> bytes:
     import tenseal.sealapi as sealapi
 
-    from protocol import seal_raw
+    from heserve.engine import seal_raw
 
     ct = sealapi.Ciphertext()
     secret._encryptor.encrypt_symmetric(secret.codec.encode(row, scale), ct)
@@ -178,7 +176,7 @@ def result_coefficients(secret: SecretContext, blob: bytes) -> np.ndarray:
 def test_single_layout_results_carry_only_the_outputs(server, name):
     """Decrypted, a result's constant coefficient is the output; every other coefficient is uniform
     mod q (unmasked, they would hold partial sums w_i x_i, far below q / 4)."""
-    from server.models import load_registry
+    from heserve.server.service.registry import load_registry
 
     served = load_registry(MODELS).get(name)
     rows = np.random.default_rng(0).normal(0.0, 1.0, (2, served.plan.n_features))
@@ -212,7 +210,7 @@ def solve_mod(matrix: list[list[int]], rhs: list[int], q: int) -> list[int]:
 def test_single_results_are_rerandomized_so_no_division_gives_the_weights(server):
     """Without re-randomization a result's second polynomial is the input's times the weight
     polynomial: dividing NTT value by NTT value gives the weights, sparse in coefficients."""
-    from protocol import seal_raw
+    from heserve.engine import seal_raw
 
     rows = np.random.default_rng(1).normal(0.0, 1.0, (1, 30))
     request, blobs, secret = raw_results(server, "breast-cancer-logreg", rows, "single", seeded=False)
@@ -229,7 +227,7 @@ def test_single_results_are_rerandomized_so_no_division_gives_the_weights(server
 def test_batch_results_are_rerandomized_so_no_linear_system_gives_the_weights(server):
     """Without re-randomization output k's second polynomial is sum_j w_kj c1_j: 30 NTT positions
     give 30 equations in the 30 weights, and every other position confirms them."""
-    from protocol import seal_raw
+    from heserve.engine import seal_raw
 
     rows = np.random.default_rng(2).normal(0.0, 1.0, (40, 30))
     request, blobs, secret = raw_results(server, "breast-cancer-logreg", rows, "batch", seeded=False)

@@ -20,9 +20,10 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from server.errors import APIError
-from server.keystore import KeyStoreUnavailable
-from server.quotas import (
+from heserve.benchmarks.cluster import start_redis
+from heserve.server.service.errors import ServiceError
+from heserve.server.service.keystore import KeyStoreUnavailable
+from heserve.server.service.quotas import (
     NEVER_SECONDS,
     QuotaExceeded,
     QuotaLimits,
@@ -31,8 +32,8 @@ from server.quotas import (
     RedisQuotaStore,
     SqliteQuotaStore,
 )
+from heserve.server.web.errors import status_for
 
-from .cluster import start_redis
 from .serverproc import ROOT, free_port
 
 MiB = 1024 * 1024
@@ -93,7 +94,7 @@ def test_token_bucket_allows_the_burst_then_the_rate(store):
         quotas.check_request("a")
     with pytest.raises(QuotaExceeded) as refused:
         quotas.check_request("a")
-    assert (refused.value.status, refused.value.code, refused.value.limit) == (
+    assert (status_for(refused.value), refused.value.code, refused.value.limit) == (
         429,
         "rate_limited",
         "requests_per_second",
@@ -272,8 +273,8 @@ def test_usage_reports_the_requests_available(store):
 
 def test_quota_exceeded_is_a_429_api_error():
     exc = QuotaExceeded("over", 0.2)
-    assert isinstance(exc, APIError)
-    assert (exc.status, exc.code, exc.message, exc.retry_after) == (429, "quota_exceeded", "over", 1)
+    assert isinstance(exc, ServiceError)
+    assert (status_for(exc), exc.code, exc.message, exc.retry_after) == (429, "quota_exceeded", "over", 1)
     assert QuotaExceeded("over", 61.01, "rate_limited").retry_after == 62
     assert QuotaExceeded("over", 0.2, "rate_limited").code == "rate_limited"
 
@@ -518,6 +519,9 @@ def test_a_refused_connection_is_unavailable_at_once():
 
 def test_the_module_imports_without_redis_installed():
     """The embedded deployment needs no redis-py: only RedisQuotaStore imports it."""
-    code = "import sys; sys.modules['redis'] = None; import server.quotas as q; print(q.SqliteQuotaStore.__name__)"
+    code = (
+        "import sys; sys.modules['redis'] = None; "
+        "import heserve.server.service.quotas as q; print(q.SqliteQuotaStore.__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=dict(os.environ))
     assert out.stdout.strip() == "SqliteQuotaStore", out.stderr

@@ -10,10 +10,10 @@ import time
 import pytest
 import redis
 
-from server.keystore import KeyStoreUnavailable
-from server.redis_keystore import RedisKeyStore
+from heserve.benchmarks.cluster import start_redis
+from heserve.server.service.keystore import KeyStoreUnavailable
+from heserve.server.service.redis_keystore import RedisKeyStore
 
-from .cluster import start_redis
 from .serverproc import free_port
 
 MATERIAL = os.urandom(200_000)

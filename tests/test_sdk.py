@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from client import (
+from heserve.client import (
     BadRequestError,
     Client,
     ConnectionFailedError,
@@ -21,8 +21,8 @@ from client import (
     NotFoundError,
     SecretContext,
 )
-from models.recipes import breast_cancer_split
-from protocol.params import CKKSParams
+from heserve.engine.params import CKKSParams
+from heserve.models.recipes import breast_cancer_split
 
 from .serverproc import ROOT, free_port
 
@@ -117,11 +117,14 @@ def test_client_imports_without_server_side_packages(server):
         import sys
         class Block:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("flask", "werkzeug", "gunicorn", "sklearn", "torch", "server", "models"):
+                top = name.split(".")[0]
+                if top in ("flask", "werkzeug", "gunicorn", "sklearn", "torch") or name.startswith(
+                    ("heserve.server", "heserve.models")
+                ):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         import numpy as np
-        from client import Client
+        from heserve.client import Client
         with Client("{server.url}") as c:
             print(c.model("diabetes-linreg").predict(np.zeros((2, 10))).shape)
     """)

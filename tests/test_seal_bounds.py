@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -23,10 +22,10 @@ import pytest
 import tenseal.sealapi as sealapi
 import zstandard
 
-from client.keys import SecretContext
-from protocol import seal_bounds, seal_io, seal_raw
-from protocol.params import CKKSParams, galois_element
-from protocol.seal_io import SealDecodeError
+from heserve.client.keys import SecretContext
+from heserve.engine import seal_bounds, seal_io, seal_raw
+from heserve.engine.params import CKKSParams, galois_element
+from heserve.engine.seal_io import SealDecodeError
 
 LINEAR = CKKSParams(4096, (60, 49))
 NETWORK = CKKSParams(8192, (45, 45, 45, 60))
@@ -399,11 +398,9 @@ print(json.dumps(result))
 
 def _measured(code: str) -> dict:
     """Run `code` in a fresh interpreter: it calls measure_from() and fills `result`; adds peak RSS growth."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE_PRELUDE + code + _MEASURE_EPILOGUE],
         cwd=ROOT,
-        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -421,9 +418,9 @@ def test_zero_galois_keys_for_512_elements_refused_before_inflating(how, expecte
     # one by one are refused at the first slot whose element the models do not use.
     code = f"""
 import gc
-from protocol import seal_bounds
-from protocol.params import galois_element
-from protocol.seal_io import SealDecodeError
+from heserve.engine import seal_bounds
+from heserve.engine.params import galois_element
+from heserve.engine.seal_io import SealDecodeError
 from tests.test_seal_bounds import NETWORK, bomb_elements, zero_galois_attack
 blob = zero_galois_attack(NETWORK, bomb_elements(NETWORK, 512), {how!r})
 allowed = {{galois_element(s, 8192) for s in (1, 2, 4, 8, -1)}}
@@ -862,7 +859,7 @@ def test_memory_formula_against_measured_rss(network, tmp_path):
     code = f"""
 import gc
 import tenseal.sealapi as sealapi
-from protocol import seal_io
+from heserve.engine import seal_io
 from tests.test_seal_bounds import NETWORK
 context = NETWORK.seal_context()
 data = open({str(path)!r}, 'rb').read()
@@ -884,8 +881,8 @@ def test_the_fast_path_for_plain_ciphertexts_agrees_with_the_walker():
     identically, and honest ciphertexts take the fast path."""
     import numpy as np
 
-    from client.keys import SecretContext
-    from protocol.params import CKKSParams
+    from heserve.client.keys import SecretContext
+    from heserve.engine.params import CKKSParams
 
     params = CKKSParams(4096, (60, 49))
     secret = SecretContext.generate(params)

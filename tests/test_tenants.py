@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import requests
 
-from client import AuthenticationError, Client, NotFoundError
-from models.recipes import diabetes_split
-from server.auth import APIKeys, Unauthorized
+from heserve.client import AuthenticationError, Client, NotFoundError
+from heserve.models.recipes import diabetes_split
+from heserve.server.service.auth import APIKeys, Unauthorized
 
 from .helpers import infer_with_key
 from .serverproc import start_server
@@ -76,8 +76,8 @@ def test_api_key_parsing_and_constant_time_lookup(tmp_path):
 
 def test_metrics_need_an_api_key_unless_exempted(secured, tmp_path):
     assert requests.get(f"{secured.url}/metrics", timeout=10).status_code == 401
-    from server.app import create_app
-    from server.config import ServerConfig
+    from heserve.server.service.config import ServerConfig
+    from heserve.server.web.app import create_app
 
     app = create_app(ServerConfig(keys_dir=tmp_path, api_keys=f"alice:{ALICE}", auth_exempt_metrics=True))
     with app.test_client() as http:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol import v2
-from protocol.params import MAX_COEFF_BITS_128, CKKSParams, ParameterError, galois_element
-from server.engine import LINEAR_PARAMS, choose_scales
-from server.keystore import DiskKeyStore, KeyCache
+from heserve.engine.linear import LINEAR_PARAMS, choose_scales
+from heserve.engine.params import MAX_COEFF_BITS_128, CKKSParams, ParameterError, galois_element
+from heserve.protocol import v2
+from heserve.server.service.keystore import DiskKeyStore, KeyCache
 
 
 def test_security_table_is_enforced():
@@ -102,7 +102,7 @@ def test_scales_fit_the_data_prime():
 @pytest.mark.parametrize("q", [33292289, 1073692673, 35184371613697])
 @pytest.mark.parametrize("weight_bits", [8, 20, 30])
 def test_modular_dense_is_exact(q, weight_bits):
-    from server.modmath import ModularDense, mulmod_vector
+    from heserve.engine.modmath import ModularDense, mulmod_vector
 
     rng = np.random.default_rng(weight_bits)
     W = rng.integers(-(2**weight_bits), 2**weight_bits, size=(4, 300)).astype(np.float64)
@@ -121,8 +121,8 @@ def test_modular_dense_is_exact(q, weight_bits):
 def test_raw_ciphertext_round_trip_through_seal():
     import tenseal.sealapi as sealapi
 
-    from client.keys import SecretContext
-    from protocol import seal_io, seal_raw
+    from heserve.client.keys import SecretContext
+    from heserve.engine import seal_io, seal_raw
 
     params = CKKSParams(8192, (45, 45, 45, 60))
     secret = SecretContext.generate(params)
@@ -146,9 +146,9 @@ def test_log_lines_inside_a_request_carry_its_id(tmp_path):
 
     from flask import g
 
-    from server import create_app
-    from server.audit import JSONLineFormatter
-    from server.config import ServerConfig
+    from heserve.server import create_app
+    from heserve.server.service.config import ServerConfig
+    from heserve.server.web.audit import JSONLineFormatter
 
     app = create_app(ServerConfig.from_env(keys_dir=tmp_path))
     record = logging.LogRecord("server.x", logging.WARNING, __file__, 1, "something %s", ("odd",), None)
@@ -160,7 +160,7 @@ def test_log_lines_inside_a_request_carry_its_id(tmp_path):
 
 
 def test_coefficient_codec_round_trips_and_masks_all_but_the_constant():
-    from protocol.coefficients import CoefficientCodec, uniform_mod
+    from heserve.engine.coefficients import CoefficientCodec, uniform_mod
 
     codec = CoefficientCodec(LINEAR_PARAMS.seal_context())
     q, n = codec.moduli[0], codec.n
@@ -177,3 +177,37 @@ def test_coefficient_codec_round_trips_and_masks_all_but_the_constant():
     assert drawn.max() < q and 0.49 < np.mean(drawn > q // 2) < 0.51
     with pytest.raises(ValueError, match="do not fit"):
         codec.encode(np.zeros(n + 1), 1.0)
+
+
+def test_an_engine_fault_is_a_500_with_a_request_id_and_a_logged_traceback(tmp_path, caplog, monkeypatch):
+    """Only what the client caused is a 4xx: a bug in the engine is the server's, and says so."""
+    from heserve.client.keys import SecretContext
+    from heserve.engine.linear import LinearPlan
+    from heserve.protocol import v2
+    from heserve.server.service.config import ServerConfig
+    from heserve.server.web.app import create_app
+
+    app = create_app(ServerConfig(keys_dir=tmp_path / "keys"))
+    services = app.extensions["heserve"]
+    spec = services.registry.get("diabetes-linreg").spec
+    secret = SecretContext.generate(spec.ckks)
+    body, length = secret.evaluation_key_request(spec.rotation_steps)
+    key_id = services.keys.register(body, length).key_id
+    blob = secret.encrypt_coefficients(np.zeros(spec.n_features), 2.0**spec.input_scale_bits)
+    message = v2.Message([v2.Tensor("ciphertext", "BYTES", [1], [blob])], parameters={"key_id": key_id})
+    payload, header = v2.encode(message, "inputs", binary=True)
+
+    def broken(self, cts, keys=None):
+        raise ValueError("an engine bug")
+
+    monkeypatch.setattr(LinearPlan, "evaluate_single", broken)
+    with caplog.at_level("ERROR"):
+        response = app.test_client().post(
+            "/v2/models/diabetes-linreg/infer",
+            data=payload,
+            headers={v2.HEADER_LENGTH: str(header), "Content-Type": v2.BINARY_CONTENT_TYPE},
+        )
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["code"] == "internal" and body["request_id"] and "engine bug" not in response.text
+    assert any(r.exc_info and "an engine bug" in str(r.exc_info[1]) for r in caplog.records)

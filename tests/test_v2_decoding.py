@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import v2
+from heserve.protocol import v2
 
 
 def entry(datatype: str = "FP32", shape: Any = (2,), data: Any = (1.0, 2.0), **fields: Any) -> dict:

@@ -1,0 +1,1 @@
+"""Benchmarks of encrypted against plaintext inference and against TenSEAL's naive API."""

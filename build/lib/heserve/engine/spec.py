@@ -1,0 +1,151 @@
+"""What a client needs to encrypt for a model, as published in the model's metadata.
+
+The server builds an EncryptionSpec when it compiles a model and publishes it under
+`parameters.encryption` of the V2 model metadata; the client parses the same
+structure to create matching keys and pack its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from heserve.engine.errors import EngineError
+from heserve.engine.params import CKKSParams, ParameterError, galois_element
+
+SINGLE = "single"
+BATCH = "batch"
+LAYOUTS = (SINGLE, BATCH)
+SLOTS = "slots"
+COEFFICIENTS = "coefficients"
+ENCODINGS = (SLOTS, COEFFICIENTS)
+
+
+class SpecError(EngineError):
+    """Model metadata that does not describe a usable encryption spec."""
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """One input layout a model accepts.
+
+    single: one sample per request row. Linear models: one ciphertext with feature i in
+        polynomial coefficient i (`encoding` "coefficients", protocol.coefficients), and
+        `results_per_row` result ciphertexts, output k in the constant coefficient of result
+        k. Networks: `packing` spreads the features over a few ciphertexts' slots
+        (protocol.packing.PackedLayout), one result with output k in slot k.
+    batch: ciphertext j holds feature j of up to `capacity` samples (sample r in slot r);
+        output ciphertext k holds output k of every sample.
+    """
+
+    name: str
+    capacity: int
+    rotation_steps: tuple[int, ...] = ()
+    period: int = 0
+    method: str = ""
+    packing: dict | None = None  # networks' single layout: see protocol.packing.PackedLayout
+    seeded: bool = True  # False: send full ciphertexts, uncompressed (the server reads their coefficients)
+    scale_bits: int | None = None  # input scale of this layout, when it differs from the model's
+    rows_charged: int = 0  # rows a tenant's quota is charged per row (single) or per chunk (batch)
+    encoding: str = SLOTS  # where values sit in a plaintext: CKKS slots, or polynomial coefficients
+    results_per_row: int = 1  # single layout: result ciphertexts per row
+
+    def input_scale_bits(self, default: int) -> int:
+        return self.scale_bits if self.scale_bits is not None else default
+
+    @property
+    def ciphertexts_per_row(self) -> int:
+        return int(self.packing["ciphertexts"]) if self.packing else 1
+
+    def to_json(self, params: CKKSParams) -> dict:
+        data = {
+            "capacity": self.capacity,
+            "rotation_steps": list(self.rotation_steps),
+            "galois_elements": [galois_element(s, params.poly_modulus_degree) for s in self.rotation_steps],
+            "galois_keys_needed": bool(self.rotation_steps),
+        }
+        if self.period:
+            data["period"] = self.period
+        if self.method:
+            data["method"] = self.method
+        if self.packing:
+            data["packing"] = dict(self.packing)
+        data["seeded"] = self.seeded
+        if self.scale_bits is not None:
+            data["scale_bits"] = self.scale_bits
+        if self.rows_charged:
+            data["rows_charged"] = self.rows_charged
+        data["encoding"] = self.encoding
+        if self.name == SINGLE:
+            data["results_per_row"] = self.results_per_row
+        return data
+
+
+@dataclass(frozen=True)
+class EncryptionSpec:
+    ckks: CKKSParams
+    input_scale_bits: int
+    n_features: int
+    n_outputs: int
+    layouts: dict[str, LayoutSpec]
+    relin_keys_needed: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rotation_steps(self) -> tuple[int, ...]:
+        """Every rotation step any layout needs (the Galois keys a client registers)."""
+        steps = set()
+        for layout in self.layouts.values():
+            steps.update(layout.rotation_steps)
+        return tuple(sorted(steps))
+
+    def to_json(self) -> dict:
+        return {
+            "scheme": "CKKS",
+            "ckks": self.ckks.to_json(),
+            "security_level": 128,
+            "input_scale_bits": self.input_scale_bits,
+            "n_features": self.n_features,
+            "n_outputs": self.n_outputs,
+            "relin_keys_needed": self.relin_keys_needed,
+            "rotation_steps": list(self.rotation_steps),
+            "layouts": {name: layout.to_json(self.ckks) for name, layout in self.layouts.items()},
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> EncryptionSpec:
+        try:
+            if not isinstance(data, dict):
+                raise SpecError("encryption spec must be an object")
+            ckks = CKKSParams.from_json(data["ckks"])
+            layouts = {}
+            for name, entry in data["layouts"].items():
+                if name not in LAYOUTS or entry.get("encoding", SLOTS) not in ENCODINGS:
+                    continue  # a newer server may offer layouts this SDK does not know
+                layouts[name] = LayoutSpec(
+                    name=name,
+                    capacity=int(entry["capacity"]),
+                    rotation_steps=tuple(int(s) for s in entry.get("rotation_steps", [])),
+                    period=int(entry.get("period", 0)),
+                    method=str(entry.get("method", "")),
+                    packing=dict(entry["packing"]) if entry.get("packing") else None,
+                    seeded=bool(entry.get("seeded", True)),
+                    scale_bits=int(entry["scale_bits"]) if entry.get("scale_bits") is not None else None,
+                    rows_charged=int(entry.get("rows_charged", 0)),
+                    encoding=str(entry.get("encoding", SLOTS)),
+                    results_per_row=int(entry.get("results_per_row", 1)),
+                )
+            if not layouts:
+                raise SpecError("the model offers no layout this SDK understands")
+            return cls(
+                ckks=ckks,
+                input_scale_bits=int(data["input_scale_bits"]),
+                n_features=int(data["n_features"]),
+                n_outputs=int(data["n_outputs"]),
+                layouts=layouts,
+                relin_keys_needed=bool(data.get("relin_keys_needed", False)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, (SpecError, ParameterError)):
+                raise
+            raise SpecError(f"malformed encryption spec: {exc!r}") from None

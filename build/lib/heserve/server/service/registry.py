@@ -1,0 +1,89 @@
+"""The model registry: artifacts loaded from the models directory and compiled once at start."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from heserve.engine.linear import LINEAR_PARAMS, LinearPlan, SealRuntime
+from heserve.engine.neural import NETWORK_PARAMS, NetworkPlan
+from heserve.engine.params import CKKSParams
+from heserve.engine.spec import EncryptionSpec
+from heserve.models import artifact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    manifest: dict
+    plan: LinearPlan | NetworkPlan
+    spec: EncryptionSpec
+
+    def plaintext_predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw model outputs (logits or regression values) for raw rows (preprocessing applied here)."""
+        pre = self.manifest.get("preprocess", {})
+        if pre.get("type") == "standardize":
+            x = (x - np.asarray(pre["mean"])) / np.asarray(pre["scale"])
+        return self.plan.plaintext(x)
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": f"ckks-{self.manifest.get('kind', 'linear')}",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, self.plan.n_features]}],
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, self.plan.n_outputs]}],
+            "parameters": {
+                "description": self.manifest.get("description", ""),
+                "task": self.manifest.get("task"),
+                "input_names": self.manifest.get("input_names", []),
+                "preprocess": self.manifest.get("preprocess", {"type": "identity"}),
+                "postprocess": self.manifest.get("postprocess", {"type": "identity"}),
+                "encryption": self.spec.to_json(),
+            },
+        }
+
+
+class ModelRegistry:
+    def __init__(self, models: dict[str, ServedModel], runtimes: dict[CKKSParams, SealRuntime]):
+        self.models = models
+        self.runtimes = runtimes
+
+    def get(self, name: str) -> ServedModel | None:
+        return self.models.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+    def runtime(self, params: CKKSParams) -> SealRuntime | None:
+        return self.runtimes.get(params)
+
+
+def load_registry(models_dir: Path) -> ModelRegistry:
+    runtimes = {LINEAR_PARAMS: SealRuntime(LINEAR_PARAMS), NETWORK_PARAMS: SealRuntime(NETWORK_PARAMS)}
+    models: dict[str, ServedModel] = {}
+    for manifest_path in sorted(models_dir.glob(f"*/{artifact.MANIFEST}")):
+        art = artifact.load(manifest_path.parent)
+        kind = art.manifest.get("kind")
+        if kind == "linear":
+            plan = LinearPlan(
+                np.atleast_2d(art.arrays["W"]),
+                np.atleast_1d(art.arrays["b"]),
+                float(art.manifest.get("output_bound", 1.0)),
+                runtimes[LINEAR_PARAMS],
+            )
+        elif kind == "network":
+            plan = NetworkPlan(art.manifest["layers"], art.arrays, runtimes[NETWORK_PARAMS])
+        else:
+            log.warning("skipping model %s of unsupported kind %r", art.name, kind)
+            continue
+        models[art.name] = ServedModel(art.name, str(art.manifest.get("version", "1")), art.manifest, plan, plan.spec())
+    if not models:
+        raise artifact.ArtifactError(f"no model artifacts found in {models_dir}")
+    return ModelRegistry(models, runtimes)

@@ -1,0 +1,26 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from heserve.server.service.config import ServerConfig
+from heserve.server.service.services import Services
+from heserve.server.web import audit, metrics
+from heserve.server.web.errors import register_error_handlers
+from heserve.server.web.routes import bp
+
+
+def create_app(config: ServerConfig | None = None) -> Flask:
+    config = config or ServerConfig.from_env()
+    app = Flask("heserve")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["heserve"] = Services.build(config, observer=metrics.ServiceMetrics())
+    register_error_handlers(app)
+    audit.install(app)
+    app.register_blueprint(bp)
+    logging.getLogger("heserve").setLevel(config.log_level.upper())
+    return app

@@ -1,0 +1,326 @@
+"""Inference requests: plaintext V2 tensors or ciphertexts, evaluated by a model's plan."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal.sealapi as sealapi
+
+from heserve.engine import seal_bounds, seal_io
+from heserve.engine.linear import EvaluationError
+from heserve.engine.spec import BATCH, LAYOUTS, SINGLE
+from heserve.protocol import binding, v2
+from heserve.server.service.errors import BadRequest, Forbidden, PayloadTooLarge
+from heserve.server.service.keys import KeyService
+from heserve.server.service.keystore import KEY_ID_PATTERN
+from heserve.server.service.registry import ServedModel
+
+CIPHERTEXT = "ciphertext"
+
+
+@dataclass(frozen=True)
+class InferenceLimits:
+    """What one inference request may cost, checked before any ciphertext is evaluated."""
+
+    allow_plaintext: bool = True
+    max_single_rows: int = 256
+    max_batch_chunks: int = 16
+    max_elements: int = 1 << 22  # tensor elements (plaintext values or ciphertexts) in one request
+    max_ciphertexts: int = 1 << 15  # BYTES elements in one request
+    deadline_seconds: float = 30.0  # evaluation stops and answers 413 past this (below the worker timeout)
+
+    @classmethod
+    def from_config(cls, config) -> InferenceLimits:
+        return cls(
+            allow_plaintext=config.allow_plaintext,
+            max_single_rows=config.max_single_rows,
+            max_batch_chunks=config.max_batch_chunks,
+            max_elements=config.max_request_elements,
+            max_ciphertexts=config.max_request_ciphertexts,
+            deadline_seconds=config.max_request_seconds,
+        )
+
+
+class Deadline:
+    """Checked between rows and chunks: a request that would run past its budget stops there."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self.ends:
+            raise PayloadTooLarge(
+                f"the request needs more than the {self.seconds:g} s of worker time one request may take; "
+                "send fewer rows per request",
+                "deadline_exceeded",
+            )
+
+
+def infer(
+    model: ServedModel,
+    keys: KeyService,
+    body: bytes,
+    header_length: int | None,
+    limits: InferenceLimits,
+    owner: str = "",
+    info: dict | None = None,
+    charge_rows: Callable[[int], None] | None = None,
+) -> tuple[bytes, int | None]:
+    """Answer one V2 inference request; returns the response body and its JSON header length.
+
+    `charge_rows` is called with the number of rows the request's ciphertexts can answer
+    (not the number the client claims) after the request is checked and before it is
+    evaluated; it raises to refuse the request (a tenant's quota).
+    """
+    try:
+        request = v2.decode(
+            body, header_length, "inputs", max_elements=limits.max_elements, max_bytes_elements=limits.max_ciphertexts
+        )
+    except v2.ProtocolError as exc:
+        raise BadRequest(str(exc), code=exc.code) from None
+    if info is not None:
+        info["layout"] = str(request.parameters.get("layout", "single")) if "key_id" in request.parameters else "plain"
+        key_id = request.parameters.get("key_id")
+        if isinstance(key_id, str) and KEY_ID_PATTERN.match(key_id):
+            info["key_id"] = key_id  # for the audit line; anything else is not a key id worth logging
+    charge = charge_rows or (lambda rows: None)
+    if "key_id" in request.parameters:
+        response = _infer_encrypted(model, keys, request, limits, owner, charge)
+        binary = True
+    else:
+        if not limits.allow_plaintext:
+            raise Forbidden("plaintext inference is disabled on this server; send ciphertexts")
+        response = _infer_plaintext(model, request, charge)
+        binary = header_length is not None
+    response.model_name = model.name
+    response.id = request.id
+    return v2.encode(response, "outputs", binary=binary)
+
+
+def _infer_plaintext(model: ServedModel, request: v2.Message, charge: Callable[[int], None]) -> v2.Message:
+    if len(request.tensors) != 1:
+        raise BadRequest(f"model {model.name!r} takes one input tensor, got {len(request.tensors)}")
+    tensor = request.tensors[0]
+    if tensor.datatype not in ("FP32", "FP64"):
+        raise BadRequest(f"input {tensor.name!r} must be FP32 (or FP64), got {tensor.datatype}")
+    x = np.asarray(tensor.data, dtype=np.float64)
+    n = model.plan.n_features
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2 or x.shape[1] != n:
+        raise BadRequest(f"input {tensor.name!r} must have shape [rows, {n}], got {tensor.shape}")
+    if not np.all(np.isfinite(x)):
+        raise BadRequest(f"input {tensor.name!r} contains NaN or infinite values")
+    charge(x.shape[0])
+    y = model.plaintext_predict(x).astype(np.float32)
+    return v2.Message([v2.Tensor("output", "FP32", list(y.shape), y)])
+
+
+def _int_param(parameters: dict, name: str) -> int:
+    value = parameters.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadRequest(f"parameter {name!r} must be a positive integer", code="bad_parameter")
+    return value
+
+
+def _infer_encrypted(
+    model: ServedModel,
+    keys: KeyService,
+    request: v2.Message,
+    limits: InferenceLimits,
+    owner: str,
+    charge: Callable[[int], None],
+) -> v2.Message:
+    params = request.parameters
+    key_id, layout = params.get("key_id"), params.get("layout", SINGLE)
+    if not isinstance(key_id, str):
+        raise BadRequest("parameter 'key_id' must be a string", code="bad_parameter")
+    if layout not in LAYOUTS or layout not in model.spec.layouts:
+        raise BadRequest(
+            f"parameter 'layout' must be one of {list(model.spec.layouts)}, got {layout!r}", code="bad_parameter"
+        )
+    if len(request.tensors) != 1 or request.tensors[0].datatype != "BYTES":
+        raise BadRequest(
+            f"an encrypted request carries one BYTES tensor of ciphertexts ({CIPHERTEXT!r})", code="bad_tensor"
+        )
+    tensor = request.tensors[0]
+    plan = model.plan
+    # Shapes, counts and the tenant's share are settled before any key or ciphertext is parsed.
+    if layout == SINGLE:
+        per_row = plan.single_ciphertexts
+        rows = tensor.shape[0] if tensor.shape else 0
+        valid = tensor.shape == [rows, per_row] or (per_row == 1 and tensor.shape == [rows])
+        if not valid or not 1 <= rows <= limits.max_single_rows:
+            raise BadRequest(
+                f"single layout takes shape [rows, {per_row}] with 1..{limits.max_single_rows} rows, "
+                f"got {tensor.shape}",
+                code="bad_shape",
+            )
+        answerable = rows * plan.single_rows_charged
+    else:
+        chunks = _batch_shape(plan, tensor, params, limits)
+        answerable = chunks * plan.batch_rows_charged
+    # Everything the record alone can refuse is refused before the keys are fetched and deserialized.
+    record = keys.record(key_id, owner)
+    _check_bindings(params.get("bindings"), tensor.data, record.binding_key, key_id)
+    if record.params != model.spec.ckks.to_json():
+        raise BadRequest(
+            f"key {key_id!r} was registered for other CKKS parameters than model {model.name!r} uses",
+            code="key_mismatch",
+        )
+    if model.spec.relin_keys_needed and not record.has_relin_keys:
+        raise BadRequest(
+            f"model {model.name!r} needs relinearization keys; key {key_id!r} has none", code="key_mismatch"
+        )
+    needed = plan.required_galois_elements(layout)
+    missing = [e for e in needed if e not in record.galois_elements]
+    if missing:
+        raise BadRequest(
+            f"key {key_id!r} lacks Galois keys for rotation steps {list(plan.single_steps)} "
+            f"(galois elements {missing}); register keys with the steps in the model metadata",
+            code="key_mismatch",
+        )
+    charge(answerable)
+    deadline = Deadline(limits.deadline_seconds)
+    eval_keys = keys.load(record)
+    if eval_keys.public is None:
+        raise BadRequest(
+            f"key {key_id!r} has no public key, which every result is re-randomized with; register your keys again",
+            code="key_mismatch",
+        )
+    runtime = plan.runtime
+    if layout == SINGLE:
+        outputs = []
+        for row in range(rows):
+            deadline.check()
+            cts = [
+                _load_ciphertext(runtime, blob, f"ciphertext [{row}, {j}]", plan, SINGLE)
+                for j, blob in enumerate(tensor.data[row * per_row : (row + 1) * per_row])
+            ]
+            results = _evaluate(lambda c=cts: plan.evaluate_single(c, eval_keys))
+            outputs.extend(_rerandomized(runtime, results, eval_keys))
+        shape = [rows] if plan.single_results == 1 else [rows, plan.single_results]
+        out_params = {"layout": SINGLE, "rows": rows}
+    else:
+        rows = params["rows"]
+        capacity = runtime.slots
+        outputs = []
+        for chunk in range(chunks):
+            deadline.check()
+            chunk_rows = min(capacity, rows - chunk * capacity)
+            blobs = tensor.data[chunk * plan.n_features : (chunk + 1) * plan.n_features]
+            if plan.batch_reads_coefficients:
+                cts = [
+                    _evaluate(lambda b=blob, w=f"ciphertext [{chunk}, {j}]": plan.parse_batch_input(b, w))
+                    for j, blob in enumerate(blobs)
+                ]
+            else:
+                cts = [
+                    _load_ciphertext(runtime, blob, f"ciphertext [{chunk}, {j}]", plan, BATCH)
+                    for j, blob in enumerate(blobs)
+                ]
+            results = _evaluate(lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r, eval_keys))
+            outputs.extend(_rerandomized(runtime, results, eval_keys))
+        shape = [chunks, plan.n_outputs]
+        out_params = {"layout": BATCH, "rows": rows}
+    return v2.Message([v2.Tensor(CIPHERTEXT, "BYTES", shape, outputs)], parameters=out_params)
+
+
+def _rerandomized(runtime, results: list, eval_keys) -> list[bytes]:
+    """Serialized results, each first re-randomized with the client's public key (see
+    SealRuntime.rerandomize): no result leaves the server without it."""
+    out = []
+    for ct in results:
+        runtime.rerandomize(ct, eval_keys.public)
+        out.append(seal_io.dump(ct))
+    return out
+
+
+def _batch_shape(plan, tensor: v2.Tensor, params: dict, limits: InferenceLimits) -> int:
+    """Chunks of a batch request, from the ciphertexts actually sent; `rows` must agree with them."""
+    rows = _int_param(params, "rows")
+    capacity = plan.runtime.slots
+    chunks = tensor.shape[0] if len(tensor.shape) == 2 else 0
+    expected = [chunks, plan.n_features]
+    if tensor.shape != expected or chunks < 1:
+        raise BadRequest(
+            f"batch layout takes shape [chunks, {plan.n_features}] "
+            f"({plan.n_features} ciphertexts per chunk of up to {capacity} rows), got {tensor.shape}",
+            code="bad_shape",
+        )
+    if chunks > limits.max_batch_chunks:
+        raise BadRequest(
+            f"{chunks} chunks in one request; at most {limits.max_batch_chunks} "
+            f"({limits.max_batch_chunks * capacity} rows) are taken per request",
+            code="too_many_chunks",
+        )
+    if not (chunks - 1) * capacity < rows <= chunks * capacity:
+        raise BadRequest(
+            f"{chunks} chunks hold {(chunks - 1) * capacity + 1}..{chunks * capacity} rows, "
+            f"but parameter 'rows' is {rows}",
+            code="bad_parameter",
+        )
+    return chunks
+
+
+def _check_bindings(bindings: object, ciphertexts: list, binding_key: str, key_id: str) -> None:
+    """Tags are optional for raw V2 clients; when sent, each must match the key's binding key."""
+    if bindings is None:
+        return
+    if not isinstance(bindings, list) or len(bindings) != len(ciphertexts):
+        raise BadRequest(
+            f"parameter 'bindings' must list one tag per ciphertext ({len(ciphertexts)})", code="bad_parameter"
+        )
+    if not binding_key:
+        raise BadRequest(
+            f"key {key_id!r} was registered without a binding key; send no 'bindings'", code="bad_parameter"
+        )
+    secret = bytes.fromhex(binding_key)
+    for index, (blob, presented) in enumerate(zip(ciphertexts, bindings, strict=True)):
+        if not binding.verify(secret, blob, presented):
+            raise BadRequest(
+                f"ciphertext {index} was not made with the secret context that registered key {key_id!r} "
+                "(mixed-up keys or a corrupted ciphertext)",
+                code="binding_mismatch",
+            )
+
+
+def _load_ciphertext(runtime, blob: bytes, what: str, plan, layout: str) -> sealapi.Ciphertext:
+    params = runtime.params
+    try:
+        # Sizes, counts and compression are bounded by the parameters before SEAL sees a byte.
+        canonical = seal_bounds.canonical_ciphertext(
+            blob,
+            params.poly_modulus_degree,
+            len(params.coeff_mod_bit_sizes) - 1,
+            what,
+            parms_id=list(runtime.first_parms_id),
+        )
+        ct = seal_io.load(sealapi.Ciphertext, runtime.context, canonical, what)
+        if ct.is_transparent():
+            raise EvaluationError(f"{what} has a zero second polynomial: it is not an encryption under any key")
+        plan.check_input(ct, what, layout)
+    except seal_io.SealDecodeError as exc:
+        raise BadRequest(str(exc), code=getattr(exc, "code", "bad_ciphertext")) from None
+    except EvaluationError as exc:
+        raise BadRequest(str(exc), code="bad_ciphertext") from None
+    return ct
+
+
+def _evaluate(step):
+    try:
+        return step()
+    except seal_io.SealDecodeError as exc:
+        raise BadRequest(str(exc), code=exc.code) from None
+    except EvaluationError as exc:
+        raise BadRequest(str(exc), code="bad_ciphertext") from None
+    except (ValueError, RuntimeError) as exc:
+        # SEAL refuses a result that no longer depends on the key: a crafted input whose second
+        # polynomial the weights cancel. Anything else from the engine is a server fault (500).
+        if "transparent" not in str(exc):
+            raise
+        raise BadRequest(f"the ciphertexts could not be evaluated: {exc}", code="bad_ciphertext") from None
