@@ -1,0 +1,65 @@
+"""Every shipped plan passes the reusable plan contract (heserve.contract), and the check catches
+the breaches it is there for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from heserve.client.postprocess import preprocess
+from heserve.contract import PlanContractError, check_plan
+from heserve.engine.linear import LinearPlan
+from heserve.engine.neural import NetworkPlan
+from heserve.engine.plan import Plan
+from heserve.models.nets import digits_split, mnist_size_split
+from heserve.server.service.config import SHIPPED_MODELS_DIR
+from heserve.server.service.registry import load_registry
+
+SHIPPED = ["breast-cancer-logreg", "diabetes-linreg", "linnerud-linreg", "digits-mlp", "digits-cnn", "mnist-size-mlp"]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(SHIPPED_MODELS_DIR)
+
+
+def preprocessed_rows(served, count: int) -> np.ndarray:
+    if served.name in ("digits-mlp", "digits-cnn"):
+        raw = digits_split()[1][:count]
+    elif served.name == "mnist-size-mlp":
+        raw = mnist_size_split()[1][:count]
+    else:
+        from heserve.benchmarks.linear import SPLITS
+
+        raw = SPLITS[served.name]()[1][:count]
+    return preprocess(raw, served.manifest.get("preprocess", {"type": "identity"}))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_plan_keeps_the_contract(registry, name):
+    served = registry.get(name)
+    assert isinstance(served.plan, Plan)
+    check_plan(served.plan, preprocessed_rows(served, 3))
+
+
+def test_the_check_catches_an_unmasked_coefficient_result(registry, monkeypatch):
+    plan = registry.get("diabetes-linreg").plan
+    monkeypatch.setattr(plan.codec, "uniform_except_constant", lambda constants: np.zeros((1, plan.codec.n), np.uint64))
+    with pytest.raises(PlanContractError):
+        check_plan(plan, preprocessed_rows(registry.get("diabetes-linreg"), 2))
+
+
+def test_the_check_catches_a_published_rotation_that_is_not_used(registry, monkeypatch):
+    plan = registry.get("digits-mlp").plan
+    extra = 3  # a Galois element no step of the plan uses
+    original = NetworkPlan.required_galois_elements
+    monkeypatch.setattr(NetworkPlan, "required_galois_elements", lambda self, layout: [*original(self, layout), extra])
+    with pytest.raises(PlanContractError, match="Galois elements"):
+        check_plan(plan, preprocessed_rows(registry.get("digits-mlp"), 1))
+
+
+def test_the_check_catches_wrong_outputs(registry, monkeypatch):
+    plan = registry.get("breast-cancer-logreg").plan
+    monkeypatch.setattr(LinearPlan, "plaintext", lambda self, x: np.atleast_2d(x) @ self.weights.T + self.bias + 1.0)
+    with pytest.raises(PlanContractError, match="differs from plaintext"):
+        check_plan(plan, preprocessed_rows(registry.get("breast-cancer-logreg"), 1))
