@@ -211,3 +211,26 @@ def test_an_engine_fault_is_a_500_with_a_request_id_and_a_logged_traceback(tmp_p
     body = response.get_json()
     assert body["code"] == "internal" and body["request_id"] and "engine bug" not in response.text
     assert any(r.exc_info and "an engine bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path):
+    """No module-level registry: each application counts its own requests."""
+    from heserve.server.service.config import ServerConfig
+    from heserve.server.web.app import create_app
+
+    first = create_app(ServerConfig(keys_dir=tmp_path / "a"))
+    second = create_app(ServerConfig(keys_dir=tmp_path / "b"))
+    for _ in range(3):
+        assert first.test_client().get("/v2/health/live").status_code == 200
+    second.test_client().get("/v2/health/live")
+
+    def live_requests(app) -> float:
+        text = app.test_client().get("/metrics").text
+        line = next(
+            line
+            for line in text.splitlines()
+            if line.startswith("heserve_requests_total") and 'route="/v2/health/live"' in line
+        )
+        return float(line.rsplit(" ", 1)[1])
+
+    assert (live_requests(first), live_requests(second)) == (3.0, 1.0)

@@ -18,7 +18,9 @@ def create_app(config: ServerConfig | None = None) -> Flask:
     app = Flask("heserve")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["heserve"] = Services.build(config, observer=metrics.ServiceMetrics())
+    app_metrics = metrics.Metrics()
+    app.extensions["heserve.metrics"] = app_metrics
+    app.extensions["heserve"] = Services.build(config, observer=app_metrics)
     register_error_handlers(app)
     audit.install(app)
     app.register_blueprint(bp)

@@ -11,8 +11,6 @@ import uuid
 
 from flask import Flask, g, has_request_context, request
 
-from heserve.server.web import metrics
-
 AUDIT_LOGGER = "heserve.audit"
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -59,7 +57,9 @@ def install(app: Flask) -> None:
         view_args = request.view_args or {}
         route = request.url_rule.rule if request.url_rule else "unmatched"
         bytes_out = response.calculate_content_length() or 0
-        metrics.observe(route, request.method, response.status_code, request.content_length or 0, bytes_out)
+        app.extensions["heserve.metrics"].observe(
+            route, request.method, response.status_code, request.content_length or 0, bytes_out
+        )
         logger.info(
             {
                 "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

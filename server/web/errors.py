@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify
+from flask import Flask, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from heserve.server.service.errors import (
@@ -23,7 +23,6 @@ from heserve.server.service.errors import (
 )
 from heserve.server.service.keystore import KeyStoreUnavailable
 from heserve.server.service.quotas import QuotaExceeded
-from heserve.server.web import metrics
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def register_error_handlers(app: Flask) -> None:
         if status in (408, 429):
             response.headers["Connection"] = "close"  # the rest of the body may still arrive, unread
         if status == 429:
-            metrics.QUOTA_REFUSALS.labels(exc.code or "").inc()
+            current_app.extensions["heserve.metrics"].quota_refusals.labels(exc.code or "").inc()
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             response.headers["Retry-After"] = str(max(1, int(retry_after)))

@@ -14,7 +14,7 @@ from heserve.server.service.errors import BadRequest, NotFound, PayloadTooLarge,
 from heserve.server.service.inference import InferenceLimits, infer
 from heserve.server.service.keystore import KeyStoreUnavailable
 from heserve.server.service.services import Services
-from heserve.server.web import metrics, openapi
+from heserve.server.web import openapi
 
 bp = Blueprint("v2", __name__)
 
@@ -170,7 +170,9 @@ def model_infer(name: str, version: str | None = None):
         )
     finally:
         g.audit_key_id = info.get("key_id")
-    metrics.INFERENCE.labels(model.name, info.get("layout", "")).observe(time.perf_counter() - started)
+    current_app.extensions["heserve.metrics"].inference.labels(model.name, info.get("layout", "")).observe(
+        time.perf_counter() - started
+    )
     if length is None:
         return Response(body, mimetype=v2.JSON_CONTENT_TYPE)
     response = Response(body, mimetype=v2.BINARY_CONTENT_TYPE)
@@ -181,7 +183,8 @@ def model_infer(name: str, version: str | None = None):
 @bp.get("/metrics")
 def prometheus_metrics():
     svc = services()
-    return Response(metrics.exposition(svc.keys.store, svc.quotas.limits()), mimetype="text/plain; version=0.0.4")
+    exposition = current_app.extensions["heserve.metrics"].exposition(svc.keys.store, svc.quotas.limits())
+    return Response(exposition, mimetype="text/plain; version=0.0.4")
 
 
 @bp.get("/openapi.json")
