@@ -80,3 +80,63 @@ def test_linear_registrations_carry_a_public_key_and_no_galois_keys(client):
     status = client.key_status(model.key_id)
     assert status["galois_elements"] == [] and not status["relin_keys"]
     assert 60_000 < status["size_bytes"] < 200_000  # the public key alone
+
+
+class Corrupting(WSGITransport):
+    """The real app, with the answers to inference requests replaced by `corrupt(response)`."""
+
+    def __init__(self, app, corrupt):
+        super().__init__(app)
+        self.corrupt = corrupt
+
+    def request(self, method, url, body, headers, timeout):
+        response = super().request(method, url, body, headers, timeout)
+        return self.corrupt(response) if url.endswith("/infer") else response
+
+
+def _replace(response, content: bytes, headers: dict | None = None):
+    from heserve.client.transport import Response
+
+    return Response(200, headers if headers is not None else response.headers, content)
+
+
+def _fewer_results(response):
+    from heserve.protocol import v2
+
+    length = int(next(v for k, v in response.headers.items() if k.lower() == v2.HEADER_LENGTH.lower()))
+    message = v2.decode(response.content, length, "outputs")
+    tensor = message.tensors[0]
+    tensor.data, tensor.shape = tensor.data[:1], [1]
+    body, header = v2.encode(message, "outputs", binary=True)
+    return _replace(response, body, {v2.HEADER_LENGTH: str(header), "Content-Type": v2.BINARY_CONTENT_TYPE})
+
+
+def _garbage_ciphertexts(response):
+    from heserve.protocol import v2
+
+    length = int(next(v for k, v in response.headers.items() if k.lower() == v2.HEADER_LENGTH.lower()))
+    message = v2.decode(response.content, length, "outputs")
+    message.tensors[0].data = [b"\x00" * 64 for _ in message.tensors[0].data]
+    body, header = v2.encode(message, "outputs", binary=True)
+    return _replace(response, body, {v2.HEADER_LENGTH: str(header), "Content-Type": v2.BINARY_CONTENT_TYPE})
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda r: _replace(r, b"not json at all", {}),
+        lambda r: _replace(r, r.content[:-100]),
+        lambda r: _replace(r, b'{"outputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}', {}),
+        _fewer_results,
+        _garbage_ciphertexts,
+    ],
+    ids=["not-json", "truncated", "plaintext-tensor", "fewer-results", "garbage-ciphertexts"],
+)
+@pytest.mark.parametrize("name", ["diabetes-linreg", "digits-mlp"])
+def test_a_broken_answer_raises_the_sdks_own_error(app, name, corrupt):
+    """Whatever comes back, the SDK raises an HEClientError, never a ValueError, KeyError or SEAL's."""
+    with Client("http://in-process", transport=Corrupting(app, corrupt)) as client:
+        model = client.model(name)
+        rows = np.zeros((2, model.n_features_in_))
+        with pytest.raises(HEClientError):
+            model.raw_scores(rows, layout="single")
