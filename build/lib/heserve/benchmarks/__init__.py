@@ -1,1 +1,0 @@
-"""Benchmarks of encrypted against plaintext inference and against TenSEAL's naive API."""

@@ -1,1 +1,0 @@
-"""Shipped model artifacts and the recipes that train them (`python -m heserve.models`)."""
