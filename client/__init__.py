@@ -16,6 +16,7 @@ from heserve.client.errors import (
     ServerError,
     ServiceUnavailableError,
 )
+from heserve.client.keyids import KeyIdRecords
 from heserve.client.keys import SecretContext
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "HEClientError",
     "InputError",
     "KeyFileError",
+    "KeyIdRecords",
     "NotFoundError",
     "RemoteModel",
     "SecretContext",

@@ -1,4 +1,4 @@
-"""`heserve`: the command line of the client SDK (see client/cli.py, or `heserve --help`)."""
+"""`heserve`: the command line of the client SDK (see client/cli/, or `heserve --help`)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,10 @@ class KeyFileError(HEClientError):
     """A key file that cannot be read, or that does not match the model's parameters."""
 
 
+class KeyIdFileError(KeyFileError):
+    """The key-id file beside a secret key file is unreadable or damaged; deleting it is safe."""
+
+
 class ServerError(HEClientError):
     """The server answered with an error; `status` and the server's `message` are kept."""
 

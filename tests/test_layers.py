@@ -38,7 +38,7 @@ def imports_of(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", sorted(FOLDERS))
 def test_package_imports_only_what_its_layer_may(package):
-    for path in sorted(FOLDERS[package].glob("*.py")):
+    for path in sorted(FOLDERS[package].rglob("*.py")):
         for name in imports_of(path):
             for forbidden in FORBIDDEN[package]:
                 assert not (name == forbidden or name.startswith(forbidden + ".")), (
@@ -49,7 +49,7 @@ def test_package_imports_only_what_its_layer_may(package):
 def test_no_relative_imports_reach_across_layers():
     """Every first-party import is absolute (heserve....), so the checks above see all of them."""
     for folder in FOLDERS.values():
-        for path in folder.glob("*.py"):
+        for path in folder.rglob("*.py"):
             tree = ast.parse(path.read_text())
             relative = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
             assert not relative, f"{path.relative_to(ROOT)} uses a relative import"

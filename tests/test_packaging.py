@@ -4,6 +4,7 @@ environment outside the repository, the SDK and the server extra, each used for 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,23 +27,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The wheel of a copy of the tracked files (setuptools writes build/ beside the sources)."""
+    source = tmp_path_factory.mktemp("source")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(out),
-            str(ROOT),
-        ],
-        check=True,
-        cwd=out,
-    )
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out)]
+    subprocess.run([*command, str(source)], check=True, cwd=out)
     (built,) = out.glob("heserve-*.whl")
     return built
 
@@ -55,6 +49,12 @@ def test_the_wheel_holds_one_namespace_and_asks_only_the_sdks_dependencies(wheel
     top = {name.split("/")[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"heserve"}
     assert "heserve/models/breast-cancer-logreg/weights.npz" in names  # the artifacts travel with the server
+    # Every folder with an __init__.py under the mapped folders is in the wheel (the list is explicit).
+    folders = {"protocol": "protocol", "engine": "engine", "server": "server", "client": "client", "models": "models"}
+    for folder, package in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            inside = init.relative_to(ROOT / folder).as_posix()
+            assert f"heserve/{package}/{inside}" in names, f"{folder}/{inside} is not in the wheel"
     plain = [r for r in metadata.get_all("Requires-Dist") if "extra ==" not in r]
     assert {r.split(">")[0].split("<")[0].split("=")[0].split(";")[0].strip() for r in plain} == SDK_DEPENDENCIES
     assert {"server", "train", "dev"} <= set(metadata.get_all("Provides-Extra"))
@@ -95,6 +95,8 @@ def test_installed_sdk_imports_alone_and_talks_to_the_installed_server(fresh_env
         tmp_path,
     ).split("\n")
     assert loaded[0] == "[]" and loaded[1] == "[]"
+    usage = subprocess.run([str(fresh_env / "bin" / "heserve"), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert usage.returncode == 0 and "predict" in usage.stdout, usage.stderr
     port = free_port()
     command = [str(fresh_env / "bin" / "heserve-server"), "--port", str(port), "--workers", "1"]
     server = subprocess.Popen(
