@@ -251,6 +251,15 @@ def test_registration_without_a_public_key_is_refused(server):
     message.tensors = [t for t in message.tensors if t.name != "public_key"]
     before = key_files(server)
     assert_error(post_binary(server.url, "/v2/keys", message), 400, codes={"public_key_required"})
+    # A full (unseeded) public key lets its owner choose the second polynomial: refused.
+    import tenseal.sealapi as sealapi
+
+    from heserve.engine import seal_io, seal_raw
+
+    full = sealapi.PublicKey()
+    secret._keygen.create_public_key(full)
+    message.tensors = [v2.Tensor("public_key", "BYTES", [1], [seal_raw.own_uncompressed(seal_io.dump(full))])]
+    assert_error(post_binary(server.url, "/v2/keys", message), 400, "seeded", {"public_key_not_seeded"})
     # A public key that is not one (a data-level ciphertext, or noise) is refused as malformed.
     fresh = secret.encrypt(np.zeros(4), 2.0**20)
     for bad in (fresh, os.urandom(4000)):

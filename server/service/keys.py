@@ -224,11 +224,19 @@ class KeyService:
                 )
                 relin = seal_io.load(sealapi.RelinKeys, context, canonical, "relin_keys")
             if "public_key" in parts:
-                # A public key is an encryption of zero at the key level (the client sends SEAL's
-                # seeded form of one); SEAL checks its level and coefficients on load.
+                # A public key is an encryption of zero at the key level; SEAL checks its level and
+                # coefficients on load. It must come seeded: its second polynomial is then SEAL's PRNG
+                # output, not a client's choice (a zero or structured one would leave the results'
+                # re-randomization without effect).
                 canonical = seal_bounds.canonical_ciphertext(
                     parts["public_key"], n, primes, "public_key", parms_id=key_level
                 )
+                if len(canonical) != seal_bounds.ciphertext_bound(n, primes, seeded=True):
+                    raise BadRequest(
+                        "public_key must be SEAL's seeded form (its second polynomial expanded from a seed): "
+                        "serialize Encryptor.encrypt_zero_symmetric(key_parms_id) as SEAL writes it",
+                        code="public_key_not_seeded",
+                    )
                 public = seal_io.load(sealapi.PublicKey, context, canonical, "public_key")
         except seal_io.SealDecodeError as exc:
             raise BadRequest(str(exc), code=getattr(exc, "code", "bad_key")) from None
