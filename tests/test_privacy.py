@@ -104,24 +104,6 @@ def test_secret_key_never_leaves_the_client_and_nothing_private_is_kept(server, 
     assert (tmp_path / "secret.key").stat().st_mode & 0o077 == 0
 
 
-def raw_result_slots(server, model_name: str, rows: np.ndarray, layout: str) -> tuple[np.ndarray, SecretContext]:
-    spec = model_spec(server.url, model_name)
-    secret = SecretContext.generate(spec.ckks)
-    key_id = register(server.url, secret, spec.rotation_steps).json()["key_id"]
-    with Client(server.url) as client:
-        model = client.model(model_name, secret_context=secret)
-        model.key_id = key_id
-        request = model.encrypt(rows, layout)[0]
-    response = post_binary(
-        server.url,
-        f"/v2/models/{model_name}/infer",
-        infer_message(request.ciphertexts, key_id, layout, request.shape, request.rows),
-    )
-    assert response.status_code == 200
-    blobs = decode_outputs(response).tensors[0].data
-    return np.stack([secret.decrypt(b) for b in blobs]), secret
-
-
 def raw_results(server, model_name: str, rows: np.ndarray, layout: str, seeded: bool = True):
     """The encrypted request the SDK builds and the result ciphertexts, as an attacker sees them."""
     spec = model_spec(server.url, model_name)
@@ -243,7 +225,8 @@ def test_batch_results_are_rerandomized_so_no_linear_system_gives_the_weights(se
 
 def test_batch_result_slots_beyond_rows_are_zero(server):
     _, x_test, _, _ = breast_cancer_split()
-    slots, _ = raw_result_slots(server, "breast-cancer-logreg", x_test[:37], "batch")
+    _, blobs, secret = raw_results(server, "breast-cancer-logreg", x_test[:37], "batch")
+    slots = np.stack([secret.decrypt(b) for b in blobs])
     assert np.all(np.abs(slots[0, :37]) > 1e-2)
     assert np.max(np.abs(slots[0, 37:])) < 1e-3
 
