@@ -211,6 +211,20 @@ def test_a_registration_larger_than_any_keys_is_refused_before_it_is_read(lone_w
     watch.check(seconds=2)
 
 
+@pytest.mark.parametrize("declared", [8 * 1024**3, None], ids=["declares-8GiB", "inflates-2GiB"])
+def test_a_public_key_zstd_frame_is_refused_without_inflating(lone_worker, declared):
+    """The one key part every registration carries, compressed to a bomb: bounded like the rest."""
+    spec = model_spec(lone_worker.url, LINEAR)
+    frame = zstd_rle_frame(declared, 1 if declared else 16_000)
+    bomb = seal_header(len(frame), 2, seal_raw.seal_version()) + frame
+    before = key_files(lone_worker)
+    watch = Watch(lone_worker)
+    body, length = registration_body(spec.ckks, {"public_key": bomb})
+    assert_refused(post_raw(lone_worker.url + "/v2/keys", body, length), 400, "seal_frame_too_large")
+    watch.check()
+    assert key_files(lone_worker) == before
+
+
 def test_galois_elements_no_model_uses_are_refused_with_their_names(lone_worker):
     spec = model_spec(lone_worker.url, NETWORK)
     secret = SecretContext.generate(spec.ckks)

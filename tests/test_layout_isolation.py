@@ -137,13 +137,16 @@ class CoefficientAttacker:
         self.secret = SecretContext.generate(plan.spec().ckks)
         self.codec = self.secret.codec
 
-    def run(self, coefficients: np.ndarray) -> list[np.ndarray]:
+    def run(self, coefficients: np.ndarray, public_key: sealapi.Encryptor | None = None) -> list[np.ndarray]:
+        """`public_key`: re-randomize the results with it, as the server does with the registered one."""
         plain = self.codec.encode(coefficients, self.plan.input_scale)
         ct = sealapi.Ciphertext()
         self.secret._encryptor.encrypt_symmetric(plain, ct)
         q = self.codec.moduli[0]
         out = []
         for result in self.plan.evaluate_single([ct]):
+            if public_key is not None:
+                self.plan.runtime.rerandomize(result, public_key)
             decrypted = sealapi.Plaintext()
             self.secret._decryptor.decrypt(result, decrypted)
             values = self.codec.from_ntt(self.codec.plaintext_residues(decrypted))[0]
@@ -170,6 +173,45 @@ def test_linear_results_read_only_the_first_features_and_mask_the_rest(registry,
             assert abs(coefficients[0] - expected[k]) < OUTPUT_TOL
             far = np.abs(coefficients[1:]) > q_over_scale / 4
             assert 0.45 < far.mean() < 0.55, "coefficients other than the output are readable"
+
+
+def forged_public_key(attacker: CoefficientAttacker, scalar: int) -> sealapi.Encryptor:
+    """pk0 = -a*s + e + scalar, pk1 = a from the honest seed: a result re-randomized with it decrypts
+    to ... + scalar*u, so wherever a coefficient is readable, the server's ternary u is too."""
+    from heserve.engine import seal_raw
+
+    honest = sealapi.PublicKey()
+    attacker.secret._keygen.create_public_key(honest)
+    polys = seal_raw.polynomials(seal_raw.own_uncompressed(seal_io.dump(honest))).copy()  # (2, primes, N)
+    context = attacker.plan.runtime.context
+    moduli = [m.value() for m in context.key_context_data().parms().coeff_modulus()]
+    # SEAL encrypts zero at the key level and divides by the special prime on the way down: the
+    # forged term is scalar * special prime, so that scalar * u is what reaches the result. A
+    # constant polynomial is the same value at every NTT point.
+    special = moduli[-1]
+    for i, q in enumerate(moduli):
+        polys[0, i] = (polys[0, i] + np.uint64(scalar * special % q)) % np.uint64(q)
+    blob = seal_raw.build(list(context.key_parms_id()), 1.0, polys, seal_raw.seal_version())
+    return sealapi.Encryptor(context, seal_io.load(sealapi.PublicKey, context, blob, "forged public key"))
+
+
+@pytest.mark.parametrize("name", LINEAR_ONE + LINEAR_MANY)
+def test_a_forged_public_key_does_not_expose_the_servers_randomness(registry, name):
+    """The README's open case (a forged pk0 undoes re-randomization in slot layouts) does not reach
+    the coefficient layout: scalar*u lands under the uniform mask everywhere but the constant
+    coefficient. Unmasked, ~98 % of the coefficients would sit next to -scalar, 0 or +scalar and give
+    u away; masked, about as many as chance puts there (3 windows of q/32: ~9 %)."""
+    plan = registry.get(name).plan
+    attacker = CoefficientAttacker(plan)
+    q = attacker.codec.moduli[0]
+    scalar = q // 8
+    forged = forged_public_key(attacker, scalar)
+    row = np.random.default_rng(10).normal(0.0, 1.0, plan.n_features)  # an honest row: most products are 0
+    for coefficients in attacker.run(row, public_key=forged):
+        raw = coefficients[1:] * plan.output_scale
+        distance = np.min(np.abs(raw[:, None] - np.array([-scalar, 0, scalar])[None, :]), axis=1)
+        near = float(np.mean(distance < q / 64))
+        assert near < 0.15, f"{near:.0%} of the coefficients reveal the server's randomness"
 
 
 # --- networks -----------------------------------------------------------------------------
