@@ -29,7 +29,7 @@ from heserve.engine.params import CKKSParams, galois_element
 from heserve.protocol import v2
 from heserve.server.service.keystore import KeyCache
 
-from .helpers import encrypt_single, infer_message, model_spec, post_binary, register
+from .helpers import decode_outputs, encrypt_single, infer_message, model_spec, post_binary, register
 from .serverproc import start_server
 
 LINEAR = "breast-cancer-logreg"
@@ -329,6 +329,24 @@ def test_single_layout_ciphertext_zstd_frames_are_refused_without_inflating(lone
 
 
 # --- 3. work per request --------------------------------------------------------------------
+def test_the_largest_single_request_of_a_several_output_model_is_bounded(lone_worker):
+    """256 rows (HESERVE_MAX_SINGLE_ROWS) of linnerud: each row costs three products, three masks
+    and three re-randomizations, and returns three full ciphertexts (~64 KB each): the most a
+    linear single request can cost. Charged as 256 rows, answered in seconds, within a bounded RSS."""
+    spec = model_spec(lone_worker.url, "linnerud-linreg")
+    secret = SecretContext.generate(spec.ckks)
+    key_id = register(lone_worker.url, secret, spec.rotation_steps).json()["key_id"]
+    blob = encrypt_single(secret, spec, np.ones(spec.n_features))
+    watch = Watch(lone_worker)
+    response = post_binary(lone_worker.url, "/v2/models/linnerud-linreg/infer", infer_message([blob] * 256, key_id))
+    assert response.status_code == 200, response.text[:300]
+    watch.check(seconds=20, rss_bound=320 * 1024**2)
+    results = decode_outputs(response).tensors[0]
+    assert results.shape == [256, 3] and len(results.data) == 768
+    too_many = post_binary(lone_worker.url, "/v2/models/linnerud-linreg/infer", infer_message([blob] * 257, key_id))
+    assert_refused(too_many, 400, "bad_shape")
+
+
 def test_batch_rows_must_agree_with_the_ciphertexts_sent(lone_worker, network_key):
     spec, secret, key_id = network_key
     blob = secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits, seeded=False)
