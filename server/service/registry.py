@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from heserve.engine.deep import DeepNetworkPlan
 from heserve.engine.linear import LINEAR_PARAMS, LinearPlan, SealRuntime
 from heserve.engine.neural import NETWORK_PARAMS, NetworkPlan
 from heserve.engine.params import CKKSParams
+from heserve.engine.plan import Plan
 from heserve.engine.spec import EncryptionSpec
 from heserve.models import artifact
 
@@ -22,7 +24,7 @@ class ServedModel:
     name: str
     version: str
     manifest: dict
-    plan: LinearPlan | NetworkPlan
+    plan: Plan
     spec: EncryptionSpec
 
     def plaintext_predict(self, x: np.ndarray) -> np.ndarray:
@@ -65,8 +67,23 @@ class ModelRegistry:
         return self.runtimes.get(params)
 
 
+def compile_network(manifest: dict, arrays: dict[str, np.ndarray], runtime_for) -> Plan:
+    """One activation: the packed two-layer plan (engine.neural, the fastest for that shape);
+    more: the leveled plan for any depth (engine.deep), with the parameters its compiler chooses."""
+    layers = manifest["layers"]
+    if sum(layer.get("type") == "act" for layer in layers) <= 1:
+        return NetworkPlan(layers, arrays, runtime_for(NETWORK_PARAMS))
+    return DeepNetworkPlan(layers, arrays, float(manifest.get("output_bound", 1.0)), runtime_for)
+
+
 def load_registry(models_dir: Path) -> ModelRegistry:
     runtimes = {LINEAR_PARAMS: SealRuntime(LINEAR_PARAMS), NETWORK_PARAMS: SealRuntime(NETWORK_PARAMS)}
+
+    def runtime_for(params: CKKSParams) -> SealRuntime:
+        if params not in runtimes:
+            runtimes[params] = SealRuntime(params)
+        return runtimes[params]
+
     models: dict[str, ServedModel] = {}
     for manifest_path in sorted(models_dir.glob(f"*/{artifact.MANIFEST}")):
         art = artifact.load(manifest_path.parent)
@@ -79,7 +96,7 @@ def load_registry(models_dir: Path) -> ModelRegistry:
                 runtimes[LINEAR_PARAMS],
             )
         elif kind == "network":
-            plan = NetworkPlan(art.manifest["layers"], art.arrays, runtimes[NETWORK_PARAMS])
+            plan = compile_network(art.manifest, art.arrays, runtime_for)
         else:
             log.warning("skipping model %s of unsupported kind %r", art.name, kind)
             continue

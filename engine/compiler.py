@@ -1,0 +1,246 @@
+"""Compile a network (dense and polynomial-activation layers, any number) to a leveled CKKS plan.
+
+Input: the layers of a network artifact, alternating dense (W, b) and act (u -> u*(u + beta)),
+starting and ending with dense. (models.export folds Conv2d, AvgPool2d, BatchNorm and the
+scalars of a*x^2 + b*x + c into this form.) Output: a NetworkSchedule that says
+
+- the multiplicative depth: every dense layer is one plaintext product and every activation
+  one ciphertext product, each followed by one rescale (one prime dropped);
+- the smallest parameters that hold it at 128-bit security: N = 8192, 16384 or 32768, a last
+  prime q0 that holds the outputs at the data scale, `depth` data primes of the data scale and
+  a 60-bit special prime, within the HE standard's coefficient-modulus limit for N;
+- the padded width of every layer (single layout: a power of two that divides the slots),
+  the baby-step/giant-step split of every matrix-vector product and the rotation steps;
+- the operation counts of both layouts, by level (benchmarks turn them into a time floor).
+
+What does not fit is refused with the layer and the reason (CompileError).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from heserve.engine.errors import EngineError
+from heserve.engine.params import MAX_COEFF_BITS_128, CKKSParams
+
+RING_DEGREES = (8192, 16384, 32768)
+SPECIAL_PRIME_BITS = 60
+# The data scale: larger keeps more precision; smaller lets a deeper network fit a ring.
+MAX_SCALE_BITS, MIN_SCALE_BITS = 40, 30
+# The batch layout multiplies coefficients modulo each prime in numpy (engine.modmath), which is
+# exact for primes below 2^50; q0 is the largest prime a ciphertext carries.
+MAX_LAST_PRIME_BITS = 50
+# Bits q0 keeps above |output| * scale: the sign, rounding and noise.
+OUTPUT_HEADROOM_BITS = 3
+
+
+class CompileError(EngineError):
+    """A network that cannot be evaluated at 128-bit security; the message names the layer."""
+
+
+@dataclass(frozen=True)
+class DenseSchedule:
+    """One dense layer in the single layout: a (d_out x d_in) padded matrix times a periodic vector."""
+
+    index: int  # position in the layer list
+    source: str
+    n_in: int
+    n_out: int
+    d_in: int  # the input vector's period (power of two)
+    d_out: int  # the output vector's period
+    baby: int  # baby steps 0..baby-1 rotate the input; giant steps rotate partial sums by `baby`
+    level: int  # level (primes dropped so far) at which the products are made
+
+    @property
+    def diagonals(self) -> int:
+        return min(self.d_in, self.d_out)
+
+    @property
+    def giant(self) -> int:
+        return self.diagonals // self.baby
+
+    def baby_steps(self) -> list[int]:
+        # Baby copy k is made from copy k - lowbit(k): only power-of-two steps need keys.
+        return sorted({k & -k for k in range(1, self.baby)})
+
+    def giant_steps(self) -> list[int]:
+        return [self.baby] if self.giant > 1 else []
+
+    def sum_steps(self) -> list[int]:
+        """A wide-to-narrow product sums the partial products of the d_in/d_out column blocks."""
+        steps, step = [], self.d_out
+        while step < self.d_in:
+            steps.append(step)
+            step *= 2
+        return steps
+
+    def rotation_steps(self) -> set[int]:
+        return set(self.baby_steps()) | set(self.giant_steps()) | set(self.sum_steps())
+
+    def rotations(self) -> int:
+        return (self.baby - 1) + (self.giant - 1) + len(self.sum_steps())
+
+
+@dataclass(frozen=True)
+class NetworkSchedule:
+    params: CKKSParams
+    scale_bits: int
+    depth: int
+    input_period: int
+    periodic_steps: tuple[int, ...]
+    dense: tuple[DenseSchedule, ...]
+    activations: tuple[int, ...]  # levels at which the activations' products are made
+    widths: tuple[int, ...]  # n_in, then every dense layer's n_out
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def slots(self) -> int:
+        return self.params.slot_count
+
+    @property
+    def rotation_steps(self) -> tuple[int, ...]:
+        steps = set(self.periodic_steps)
+        for layer in self.dense:
+            steps |= layer.rotation_steps()
+        return tuple(sorted(steps))
+
+    @property
+    def degree(self) -> int:
+        """Total degree of the network as a polynomial of its input."""
+        return 2 ** len(self.activations)
+
+    def single_ops(self) -> list[dict]:
+        """SEAL operations of one single-layout row, by level (level = primes dropped)."""
+        ops: list[dict] = [
+            {"op": "load_seeded_ciphertext", "count": 1, "level": 0},
+            {"op": "rotate", "count": len(self.periodic_steps), "level": 0},
+            {"op": "add", "count": len(self.periodic_steps), "level": 0},
+        ]
+        act = iter(self.activations)
+        for layer in self.dense:
+            products = layer.diagonals
+            ops += [
+                {"op": "rotate", "count": (layer.baby - 1) + (layer.giant - 1), "level": layer.level},
+                {"op": "multiply_plain", "count": products, "level": layer.level},
+                {"op": "add", "count": products - 1, "level": layer.level},
+                {"op": "rescale", "count": 1, "level": layer.level},
+                {"op": "rotate", "count": len(layer.sum_steps()), "level": layer.level + 1},
+                {"op": "add", "count": len(layer.sum_steps()) + 1, "level": layer.level + 1},
+            ]
+            level = next(act, None)
+            if level is not None:
+                ops += [
+                    {"op": "add", "count": 1, "level": level},
+                    {"op": "multiply_relinearize", "count": 1, "level": level},
+                    {"op": "rescale", "count": 1, "level": level},
+                ]
+        return [op for op in ops if op["count"]]
+
+    def batch_ops(self) -> list[dict]:
+        """Operations of one batch chunk (one ciphertext per feature and per unit)."""
+        ops: list[dict] = []
+        act = iter(self.activations)
+        for layer in self.dense:
+            ops += [
+                {"op": "modular_matmul", "shape": [layer.n_out, layer.n_in], "level": layer.level},
+                {"op": "rescale", "count": layer.n_out, "level": layer.level},
+            ]
+            level = next(act, None)
+            if level is not None:
+                ops += [
+                    {"op": "multiply_relinearize", "count": layer.n_out, "level": level},
+                    {"op": "rescale", "count": layer.n_out, "level": level},
+                ]
+        return ops
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def _bits(value: float) -> int:
+    return max(0, math.ceil(math.log2(max(value, 1.0))))
+
+
+def choose_parameters(depth: int, output_bound: float, widest: int) -> tuple[CKKSParams, int]:
+    """The smallest ring (then the largest data scale) holding `depth` levels at 128-bit security."""
+    out_bits = _bits(output_bound)
+    reasons = []
+    for n in RING_DEGREES:
+        if widest > n // 2:
+            reasons.append(f"N={n} has {n // 2} slots, a layer needs {widest}")
+            continue
+        budget = MAX_COEFF_BITS_128[n] - SPECIAL_PRIME_BITS
+        for scale in range(MAX_SCALE_BITS, MIN_SCALE_BITS - 1, -1):
+            last = scale + out_bits + OUTPUT_HEADROOM_BITS
+            if last > MAX_LAST_PRIME_BITS:
+                continue
+            if last + depth * scale <= budget:
+                return CKKSParams(n, (last, *([scale] * depth), SPECIAL_PRIME_BITS)), scale
+        last = MIN_SCALE_BITS + out_bits + OUTPUT_HEADROOM_BITS
+        levels = max(0, (budget - last) // MIN_SCALE_BITS)
+        reasons.append(f"N={n} allows {levels} levels")
+    if out_bits + MIN_SCALE_BITS + OUTPUT_HEADROOM_BITS > MAX_LAST_PRIME_BITS:
+        raise CompileError(f"outputs up to {output_bound:g} do not fit a {MAX_LAST_PRIME_BITS}-bit last prime")
+    raise CompileError(f"depth {depth} does not fit at 128-bit security ({'; '.join(reasons)})")
+
+
+def choose_baby(diagonals: int) -> int:
+    """Baby steps b ~ sqrt(D): b - 1 + D/b - 1 rotations; b the larger of the two square-root powers
+    (baby rotations act on a fresh product's input, giant ones on sums of products: same cost)."""
+    baby = 1
+    while baby * baby < diagonals:
+        baby *= 2
+    return baby
+
+
+def compile_network(layers: list[dict], arrays: dict[str, np.ndarray], output_bound: float) -> NetworkSchedule:
+    """Check the layer structure and choose parameters, layout and operations."""
+    if not layers or layers[0].get("type") != "dense" or layers[-1].get("type") != "dense":
+        raise CompileError("a network must start and end with a dense layer")
+    widths: list[int] = []
+    for index, layer in enumerate(layers):
+        where = f"layer {index} ({layer.get('source', layer.get('type'))})"
+        expected = "dense" if index % 2 == 0 else "act"
+        if layer.get("type") != expected:
+            raise CompileError(f"{where}: expected a {expected} layer (dense and activation alternate)")
+        if expected == "dense":
+            weights = np.asarray(arrays[layer["weights"]])
+            bias = np.asarray(arrays[layer["bias"]])
+            if weights.ndim != 2 or bias.shape != (weights.shape[0],):
+                raise CompileError(f"{where}: weights must be (outputs, inputs) and bias (outputs,)")
+            if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(bias))):
+                raise CompileError(f"{where}: weights must be finite")
+            if widths and weights.shape[1] != widths[-1]:
+                raise CompileError(f"{where}: takes {weights.shape[1]} inputs, the previous layer gives {widths[-1]}")
+            if not widths:
+                widths.append(int(weights.shape[1]))
+            widths.append(int(weights.shape[0]))
+        elif not math.isfinite(float(layer.get("beta", 0.0))):
+            raise CompileError(f"{where}: beta must be finite")
+    n_dense = (len(layers) + 1) // 2
+    depth = n_dense + (n_dense - 1)
+    padded = [next_power_of_two(w) for w in widths]
+    params, scale = choose_parameters(depth, output_bound, max(padded))
+    slots = params.slot_count
+    dense, activations = [], []
+    level = 0
+    for i in range(n_dense):
+        d_in, d_out = padded[i], padded[i + 1]
+        dense.append(
+            DenseSchedule(2 * i, str(layers[2 * i].get("source", "")), widths[i], widths[i + 1], d_in, d_out,
+                          choose_baby(min(d_in, d_out)), level)
+        )
+        level += 1
+        if i < n_dense - 1:
+            activations.append(level)
+            level += 1
+    periodic, step = [], padded[0]
+    while step < slots:
+        periodic.append(step)
+        step *= 2
+    return NetworkSchedule(params, scale, depth, padded[0], tuple(periodic), tuple(dense), tuple(activations),
+                           tuple(widths))

@@ -1,0 +1,138 @@
+"""The network compiler: parameters chosen for the depth, refusals that name the reason, and the
+plan contract on generated networks of 1-4 activations (dense and conv, up to 784 inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from heserve.contract import check_plan
+from heserve.engine.compiler import CompileError, choose_parameters, compile_network
+from heserve.engine.deep import DeepNetworkPlan
+from heserve.engine.linear import SealRuntime
+from heserve.engine.params import MAX_COEFF_BITS_128
+
+
+def generated(widths: list[int], seed: int = 0, beta: float = 0.5) -> tuple[list[dict], dict]:
+    """A network dense (act dense)* with these widths and weights that keep activations near 1."""
+    rng = np.random.default_rng(seed)
+    layers, arrays = [], {}
+    for i in range(len(widths) - 1):
+        arrays[f"W{i}"] = rng.normal(0, 1 / np.sqrt(widths[i]), (widths[i + 1], widths[i]))
+        arrays[f"b{i}"] = rng.normal(0, 0.1, widths[i + 1])
+        if i:
+            layers.append({"type": "act", "beta": beta, "source": f"act {i}"})
+        layers.append({"type": "dense", "weights": f"W{i}", "bias": f"b{i}", "source": f"dense {i}"})
+    return layers, arrays
+
+
+def conv_network(seed: int = 1) -> tuple[list[dict], dict]:
+    """conv 1->4 3x3 (padding 1) on 8x8 -> square -> avg pool 2 -> dense 64->16 -> square -> dense 16->10,
+    folded by the exporter as a client would ship it."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from heserve.models.export import normalize_layers, torch_layers
+    from heserve.models.nn import Square
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Square(), nn.AvgPool2d(2), nn.Flatten(),
+                          nn.Linear(64, 16), Square(), nn.Linear(16, 10)).double()
+    layers = normalize_layers(torch_layers(model, (1, 8, 8)))
+    spec, arrays = [], {}
+    for i, layer in enumerate(layers):
+        if layer["type"] == "dense":
+            arrays[f"W{i}"], arrays[f"b{i}"] = layer["W"] * 0.5, layer["b"] * 0.5
+            spec.append({"type": "dense", "weights": f"W{i}", "bias": f"b{i}", "source": layer["source"]})
+        else:
+            spec.append({"type": "act", "beta": layer["beta"], "source": layer["source"]})
+    return spec, arrays
+
+
+def output_bound(layers: list[dict], arrays: dict, x: np.ndarray) -> float:
+    """What the exporter records: four times the largest output on sample rows."""
+    h = x
+    for layer in layers:
+        if layer["type"] == "dense":
+            h = h @ arrays[layer["weights"]].T + arrays[layer["bias"]]
+        else:
+            h = h * (h + layer["beta"])
+    return float(4 * np.max(np.abs(h)))
+
+
+def runtime_cache():
+    runtimes: dict = {}
+
+    def runtime_for(params):
+        if params not in runtimes:
+            runtimes[params] = SealRuntime(params)
+        return runtimes[params]
+
+    return runtime_for
+
+
+# --- parameters and refusals --------------------------------------------------------------------
+@pytest.mark.parametrize(("depth", "ring"), [(1, 8192), (3, 8192), (5, 16384), (7, 16384), (9, 16384), (15, 32768)])
+def test_the_smallest_ring_that_holds_the_depth(depth, ring):
+    params, scale = choose_parameters(depth, output_bound=100.0, widest=64)
+    assert params.poly_modulus_degree == ring
+    assert params.total_bits <= MAX_COEFF_BITS_128[ring]
+    assert len(params.coeff_mod_bit_sizes) == depth + 2  # q0, one prime per level, the special prime
+    assert 30 <= scale <= 40
+    params.seal_context()  # SEAL agrees: 128-bit secure and the primes exist
+
+
+def test_a_depth_no_ring_holds_is_refused_with_the_levels_each_allows():
+    with pytest.raises(CompileError, match=r"depth 40 does not fit .*N=32768 allows \d+ levels"):
+        choose_parameters(40, output_bound=100.0, widest=64)
+
+
+def test_a_layer_wider_than_the_slots_moves_to_a_larger_ring():
+    params, _ = choose_parameters(3, output_bound=10.0, widest=8192)
+    assert params.poly_modulus_degree == 16384
+
+
+def test_refusals_name_the_layer():
+    layers, arrays = generated([8, 4, 2])
+    arrays["W1"] = np.ones((2, 5))
+    with pytest.raises(CompileError, match=r"layer 2 .*takes 5 inputs, the previous layer gives 4"):
+        compile_network(layers, arrays, 10.0)
+    with pytest.raises(CompileError, match="start and end with a dense layer"):
+        compile_network(layers[:2], arrays, 10.0)
+    with pytest.raises(CompileError, match="outputs up to 1e\\+20 do not fit"):
+        compile_network(*generated([8, 4, 2]), 1e20)
+
+
+def test_the_schedule_counts_levels_rotations_and_operations():
+    schedule = compile_network(*generated([30, 16, 16, 2]), 50.0)
+    assert schedule.depth == 5 and schedule.degree == 4
+    assert [d.level for d in schedule.dense] == [0, 2, 4] and schedule.activations == (1, 3)
+    assert all(step & (step - 1) == 0 for step in schedule.rotation_steps)  # powers of two only
+    rotations = sum(op["count"] for op in schedule.single_ops() if op["op"] == "rotate")
+    assert rotations == len(schedule.periodic_steps) + sum(d.rotations() for d in schedule.dense)
+
+
+# --- the plan contract on generated networks (real SEAL) ------------------------------------------
+GENERATED = {
+    "1 activation, 784 inputs": [784, 16, 10],
+    "2 activations": [30, 16, 16, 2],
+    "3 activations": [64, 32, 32, 32, 10],
+    "4 activations": [16, 8, 8, 8, 8, 3],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_generated_networks_keep_the_plan_contract(name):
+    widths = GENERATED[name]
+    layers, arrays = generated(widths, seed=len(widths))
+    x = np.random.default_rng(7).normal(0, 1, (2, widths[0]))
+    plan = DeepNetworkPlan(layers, arrays, output_bound(layers, arrays, x), runtime_cache())
+    assert plan.schedule.depth == 2 * len(widths) - 3
+    check_plan(plan, x)
+
+
+def test_a_folded_conv_network_keeps_the_plan_contract():
+    layers, arrays = conv_network()
+    x = np.random.default_rng(3).uniform(0, 1, (2, 64))
+    plan = DeepNetworkPlan(layers, arrays, output_bound(layers, arrays, x), runtime_cache())
+    check_plan(plan, x)
