@@ -1,4 +1,5 @@
-"""The one interface every compiled plan offers (engine.linear.LinearPlan, engine.neural.NetworkPlan, engine.deep.DeepNetworkPlan).
+"""The one interface every compiled plan offers (engine.linear.LinearPlan, engine.neural.NetworkPlan,
+engine.deep.DeepNetworkPlan).
 
 The service layer uses nothing else of a plan; heserve.contract.check_plan checks any plan
 against it, as scikit-learn's check_estimator checks an estimator.
