@@ -1,10 +1,13 @@
 """Export trained models into served artifacts: torch networks and scikit-learn linear models.
 
-The artifact is a JSON manifest plus weights in a pickle-free .npz. A network becomes
-a list of layers the server compiles: `dense` (W, b) and `poly` (a, b, c). Conv2d is
-linear, so it is folded into a dense matrix for the known input shape: the client
-sends the raw pixels, not im2col patches (im2col would multiply what the client
-encrypts and uploads by the kernel size, for the same products on the server).
+The artifact is a JSON manifest plus weights in a pickle-free .npz. A network becomes a list
+of layers the server compiles: `dense` (W, b), then any number of (`act`, `dense`) pairs, the
+activation computing u*(u + beta); whether that depth fits the encryption parameters is the
+engine's decision, not the exporter's. Every linear torch layer (Conv2d, AvgPool2d, BatchNorm in
+eval mode) is folded into a dense matrix for the known input shape: the client sends the raw
+pixels, not im2col patches (im2col would multiply what the client encrypts and uploads by the
+kernel size, for the same products on the server), and adjacent linear maps collapse into one
+matrix, one encrypted matrix product.
 torch is needed here, never by the server at run time.
 """
 
@@ -16,8 +19,6 @@ from typing import Any
 import numpy as np
 
 from heserve.models import artifact
-
-MAX_DENSE_LAYERS = 2  # one hidden polynomial activation: the depth the engine packs without masking
 
 
 class ExportError(ValueError):
@@ -75,6 +76,15 @@ def sklearn_to_artifact(estimator: Any, directory: Path, name: str, input_names:
 
 
 # --- torch ------------------------------------------------------------------------------------
+SUPPORTED_LAYERS = (
+    "Linear, Conv2d, AvgPool2d, BatchNorm1d/BatchNorm2d (eval mode), Flatten, Unflatten, Dropout, Identity, "
+    "Square and PolyActivation"
+)
+# Functions and methods a traced forward may call between layers (the rest is refused, named).
+_RESHAPE_METHODS = frozenset({"view", "reshape", "flatten", "contiguous"})
+_SHAPE_METHODS = frozenset({"size", "dim"})
+
+
 def _fold_conv(conv, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     import torch
 
@@ -90,50 +100,292 @@ def _fold_conv(conv, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tu
     return W, b, out_shape
 
 
-def torch_layers(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
-    """Walk an nn.Sequential into dense/poly layers, folding Conv2d for the given input shape."""
+def _fold_linear_map(where: str, fn, shape: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The matrix of a linear map without bias on one row of `shape`: its images of the basis vectors."""
+    import torch
+
+    size = int(np.prod(shape))
+    with torch.no_grad():
+        try:
+            out = fn(torch.eye(size, dtype=torch.float64).reshape(size, *shape))
+        except RuntimeError as exc:
+            raise ExportError(f"{where}: cannot be applied to an input of shape {shape}: {exc}") from None
+    return out.reshape(size, -1).T.numpy(), tuple(out.shape[1:])
+
+
+def _fold_batchnorm(where: str, bn, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode BatchNorm as the diagonal dense layer it is (normalize_layers merges it with a neighbour)."""
+    import torch
+    from torch import nn
+
+    if bn.training:
+        raise ExportError(f"{where}: in training mode it normalizes with each batch's statistics; "
+                          "call model.eval() before exporting")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ExportError(f"{where}: without running statistics (track_running_stats=False) it normalizes with each "
+                          "batch's statistics, which no fixed affine map reproduces")
+    ranks = (1, 2) if isinstance(bn, nn.BatchNorm1d) else (3,)
+    if len(shape) not in ranks or shape[0] != bn.num_features:
+        expected = " or ".join(f"{r}-dimensional" for r in ranks)
+        raise ExportError(f"{where}: needs a {expected} input with {bn.num_features} channels first, "
+                          f"gets shape {shape}")
+    with torch.no_grad():
+        scale = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = -bn.running_mean.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+    per_channel = int(np.prod(shape[1:]))
+    return np.diag(np.repeat(scale.numpy(), per_channel)), np.repeat(shift.numpy(), per_channel)
+
+
+def _reshaped(where: str, shape: tuple[int, ...], fn) -> tuple[int, ...]:
+    """Shape after a view/reshape/flatten: rows keep their values in order, only the per-row shape changes."""
+    import torch
+
+    rows = 2  # more than one, so that merging the batch into the features shows
+    try:
+        out = fn(torch.zeros(rows, *shape))
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ExportError(f"{where}: cannot reshape an input of shape {shape}: {exc}") from None
+    if out.dim() == 0 or out.shape[0] != rows or out.numel() != rows * int(np.prod(shape)):
+        raise ExportError(f"{where}: reshapes across rows (the first dimension must stay the batch)")
+    return tuple(out.shape[1:])
+
+
+def _fold_module(layers: list[dict], where: str, module: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Append the dense/poly layers of one torch module to `layers`; returns the shape of its output."""
     import torch
     from torch import nn
 
     from heserve.models.nn import PolyActivation, Square
 
+    if isinstance(module, nn.Linear):
+        if int(np.prod(shape)) != module.in_features:
+            raise ExportError(f"{where}: expects {module.in_features} inputs, gets {int(np.prod(shape))}")
+        with torch.no_grad():
+            W = module.weight.double().numpy().copy()
+            b = module.bias.double().numpy().copy() if module.bias is not None else np.zeros(module.out_features)
+        layers.append({"type": "dense", "W": W, "b": b, "source": where})
+        return (module.out_features,)
+    if isinstance(module, nn.Conv2d):
+        if len(shape) != 3:
+            raise ExportError(f"{where}: needs a (channels, height, width) input, gets shape {shape}")
+        if module.padding_mode != "zeros":
+            raise ExportError(f"{where}: only zero padding can be folded into a dense layer")
+        if shape[0] != module.in_channels:
+            raise ExportError(f"{where}: expects {module.in_channels} input channels, gets shape {shape}")
+        W, b, shape = _fold_conv(module, shape)
+        layers.append({"type": "dense", "W": W, "b": b, "source": where})
+        return shape
+    if isinstance(module, nn.AvgPool2d):
+        if len(shape) != 3:
+            raise ExportError(f"{where}: needs a (channels, height, width) input, gets shape {shape}")
+        W, shape = _fold_linear_map(where, module, shape)
+        layers.append({"type": "dense", "W": W, "b": np.zeros(W.shape[0]), "source": where})
+        return shape
+    if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+        W, b = _fold_batchnorm(where, module, shape)
+        layers.append({"type": "dense", "W": W, "b": b, "source": where})
+        return shape
+    if isinstance(module, nn.Flatten | nn.Unflatten):
+        return _reshaped(where, shape, module)
+    if isinstance(module, Square):
+        layers.append({"type": "poly", "a": 1.0, "b": 0.0, "c": 0.0, "source": where})
+        return shape
+    if isinstance(module, PolyActivation):
+        with torch.no_grad():
+            layers.append({"type": "poly", "a": float(module.a), "b": float(module.b), "c": float(module.c),
+                           "source": where})
+        return shape
+    if isinstance(module, nn.Identity | nn.Dropout):
+        return shape
+    raise ExportError(f"{where} cannot be evaluated on ciphertexts: only {SUPPORTED_LAYERS} are supported "
+                      "(other non-linearities are not polynomials)")
+
+
+def _sequential_modules(model: Any, prefix: str = ""):
+    from torch import nn
+
+    for index, module in enumerate(model):
+        if isinstance(module, nn.Sequential):
+            yield from _sequential_modules(module, f"{prefix}{index}.")
+        else:
+            yield f"layer {prefix}{index} ({type(module).__name__})", module
+
+
+def torch_layers(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
+    """Walk a torch network into dense/poly layers, folding every linear layer for the given input shape.
+
+    An nn.Sequential (nested ones included) is walked module by module; any other nn.Module is
+    traced with torch.fx and must compute a straight chain (see _traced_layers).
+    """
+    from torch import nn
+
+    from heserve.models.nn import PolyActivation, Square
+
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(model, nn.Sequential) and (
+        type(model).__module__.startswith("torch.nn.") or isinstance(model, Square | PolyActivation)
+    ):
+        # A single layer: tracing it would expose its functional internals (F.linear on its own weights).
+        model = nn.Sequential(model)
     if not isinstance(model, nn.Sequential):
-        raise ExportError(f"expected torch.nn.Sequential, got {type(model).__name__}")
+        return _traced_layers(model, tuple(input_shape))
     layers: list[dict] = []
     shape = tuple(input_shape)
-    for index, module in enumerate(model):
-        where = f"layer {index} ({type(module).__name__})"
-        if isinstance(module, nn.Linear):
-            if int(np.prod(shape)) != module.in_features:
-                raise ExportError(f"{where}: expects {module.in_features} inputs, gets {int(np.prod(shape))}")
-            with torch.no_grad():
-                W = module.weight.double().numpy().copy()
-                b = (module.bias.double().numpy().copy() if module.bias is not None
-                     else np.zeros(module.out_features))
-            layers.append({"type": "dense", "W": W, "b": b, "source": where})
-            shape = (module.out_features,)
-        elif isinstance(module, nn.Conv2d):
-            if len(shape) != 3:
-                raise ExportError(f"{where}: needs a (channels, height, width) input, gets shape {shape}")
-            if module.padding_mode != "zeros":
-                raise ExportError(f"{where}: only zero padding can be folded into a dense layer")
-            W, b, shape = _fold_conv(module, shape)
-            layers.append({"type": "dense", "W": W, "b": b, "source": where})
-        elif isinstance(module, nn.Flatten):
-            shape = (int(np.prod(shape)),)
-        elif isinstance(module, Square):
-            layers.append({"type": "poly", "a": 1.0, "b": 0.0, "c": 0.0, "source": where})
-        elif isinstance(module, PolyActivation):
-            with torch.no_grad():
-                layers.append({"type": "poly", "a": float(module.a), "b": float(module.b), "c": float(module.c),
-                               "source": where})
-        elif isinstance(module, nn.Identity | nn.Dropout):
+    for where, module in _sequential_modules(model):
+        shape = _fold_module(layers, where, module, shape)
+    return layers
+
+
+# --- torch.fx: a plain nn.Module whose forward is a chain -----------------------------------------
+def _is_shape_query(node) -> bool:
+    """x.size(0), x.shape[0], x.dim(): read the shape, not the values, so they do not make a branch."""
+    import operator
+
+    if node.op == "call_method":
+        return node.target in _SHAPE_METHODS
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+    if node.op == "call_function" and node.target is operator.getitem:
+        source = node.args[0]
+        return hasattr(source, "op") and _is_shape_query(source)
+    return False
+
+
+def _is_square(node, current) -> bool:
+    """x * x, x ** 2, torch.square(x) and their method and torch.* spellings."""
+    import operator
+
+    import torch
+
+    method = node.op == "call_method"
+    function = node.op == "call_function"
+    if node.kwargs:
+        return False
+    if (function and node.target in (operator.mul, torch.mul)) or (method and node.target == "mul"):
+        return len(node.args) == 2 and node.args[0] is current and node.args[1] is current
+    if (function and node.target in (operator.pow, torch.pow)) or (method and node.target == "pow"):
+        return len(node.args) == 2 and node.args[0] is current and node.args[1] in (2, 2.0)
+    if (function and node.target is torch.square) or (method and node.target == "square"):
+        return tuple(node.args) == (current,)
+    return False
+
+
+def _is_reshape(node) -> bool:
+    import torch
+
+    if node.op == "call_method":
+        return node.target in _RESHAPE_METHODS
+    return node.op == "call_function" and node.target in (torch.flatten, torch.reshape)
+
+
+def _describe(node, model: Any) -> str:
+    if node.op == "call_module":
+        return type(model.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op == "call_function":
+        module = getattr(node.target, "__module__", None) or ""
+        module = {"_operator": "operator", "torch._C._nn": "torch.nn.functional"}.get(module, module)
+        name = getattr(node.target, "__name__", repr(node.target))
+        return f"{module}.{name}" if module and module != "builtins" else name
+    if node.op == "get_attr":
+        return f"attribute self.{node.target}"
+    return node.op
+
+
+def _evaluate(node, values: dict):
+    """Run one traced node on stand-in tensors (zeros of the right shapes): only shapes are wanted."""
+    import torch.fx
+
+    def value(arg):
+        if arg in values:
+            return values[arg]
+        if _is_shape_query(arg):
+            return _evaluate(arg, values)
+        raise ExportError(f"node {node.name}: depends on node {arg.name}, which is not part of the chain")
+
+    args = torch.fx.node.map_arg(node.args, value)
+    kwargs = torch.fx.node.map_arg(node.kwargs, value)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
+
+
+def _traced_layers(model: Any, input_shape: tuple[int, ...]) -> list[dict]:
+    """Trace a module's forward with torch.fx and fold its nodes in order.
+
+    The graph must be a chain: one input, every node consumes the previous node's output and only
+    it (x * x reads it twice, through one node), and no node's output feeds two later ones (no skip
+    connection, no parallel branch). Shape reads such as x.size(0) are not part of the chain.
+    """
+    import torch
+    import torch.fx
+
+    from heserve.models.nn import PolyActivation, Square
+
+    class Tracer(torch.fx.Tracer):
+        # The polynomial activations are layers of the artifact, not graphs of products to take apart.
+        def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+            return isinstance(m, Square | PolyActivation) or super().is_leaf_module(m, qualname)
+
+    name = type(model).__name__
+    try:
+        graph = Tracer().trace(model)
+    except Exception as exc:  # tracing runs arbitrary user code: any failure means "not a traceable chain"
+        raise ExportError(f"{name}: torch.fx cannot trace its forward ({type(exc).__name__}: {exc}); export an "
+                          "nn.Sequential or a forward without data-dependent control flow") from None
+    nodes = list(graph.nodes)
+    inputs = [node for node in nodes if node.op == "placeholder"]
+    if len(inputs) != 1:
+        raise ExportError(f"{name}: forward takes {len(inputs)} inputs; exactly one tensor is supported")
+    current, current_where = inputs[0], f"node {inputs[0].name} (input)"
+    shapes = {current: tuple(input_shape)}
+    layers: list[dict] = []
+    for node in nodes:
+        if node.op == "placeholder" or _is_shape_query(node):
             continue
-        else:
+        where = f"node {node.name} ({_describe(node, model)})"
+        consumers = [user for user in current.users if not _is_shape_query(user)]
+        if len(consumers) > 1:
             raise ExportError(
-                f"{where} cannot be evaluated on ciphertexts: only Linear, Conv2d, Flatten, Square and "
-                "PolyActivation are supported (other non-linearities are not polynomials)"
+                f"{current_where}: its output is used by {len(consumers)} nodes "
+                f"({', '.join(user.name for user in consumers)}): the graph branches (a skip connection or "
+                "parallel paths); only a straight chain of layers can be exported"
             )
+        if node.op == "output":
+            if node.args[0] is not current:
+                raise ExportError(f"{name}: forward must return the last node's tensor ({current.name}), it returns "
+                                  f"{node.args[0]!r}")
+            break
+        if node.op == "get_attr":
+            raise ExportError(f"{where}: a parameter or buffer used outside a layer; weights can only come from "
+                              f"the layers ({SUPPORTED_LAYERS})")
+        data_inputs = [arg for arg in node.all_input_nodes if not _is_shape_query(arg)]
+        if data_inputs != [current]:
+            got = ", ".join(arg.name for arg in data_inputs) or "nothing"
+            raise ExportError(f"{where}: takes {got} instead of the previous node's output ({current.name}) alone; "
+                              "only a straight chain of layers can be exported")
+        shape = shapes[current]
+        if node.op == "call_module":
+            shapes[node] = _fold_module(layers, where, model.get_submodule(node.target), shape)
+        elif _is_square(node, current):
+            shapes[node] = _fold_module(layers, where, Square(), shape)
+        elif _is_reshape(node):
+            stand_ins = {data: torch.zeros(2, *data_shape) for data, data_shape in shapes.items()}
+
+            def run(x, node=node, stand_ins=stand_ins, current=current):
+                return _evaluate(node, {**stand_ins, current: x})
+
+            shapes[node] = _reshaped(where, shape, run)
+        else:
+            raise ExportError(f"{where} cannot be evaluated on ciphertexts: between layers ({SUPPORTED_LAYERS}) "
+                              "only flatten/view/reshape and x * x, x ** 2, torch.square are supported")
+        current, current_where = node, where
     return layers
 
 
@@ -142,7 +394,9 @@ def normalize_layers(layers: list[dict]) -> list[dict]:
 
     z = a*x^2 + b*x + c is computed as (1/a) * u*(u + b) + c with u = a*x: the previous dense
     layer is scaled by a, 1/a and c go into the next one, and the engine evaluates u*(u + beta)
-    with a single ciphertext multiplication.
+    with a single ciphertext multiplication. A linear layer right after an activation (BatchNorm,
+    AvgPool2d) takes the activation's 1/a and c first, then merges into the dense layers after it.
+    The input dicts are not modified.
     """
     out: list[dict] = []
     for layer in layers:
@@ -156,10 +410,11 @@ def normalize_layers(layers: list[dict]) -> list[dict]:
                 layer = {"type": "dense", "W": layer["W"] / act["a"],
                          "b": layer["b"] + layer["W"] @ np.full(layer["W"].shape[1], act["c"]),
                          "source": layer["source"]}
-            out.append(layer)
+            out.append(dict(layer))
             continue
         if not out or out[-1]["type"] != "dense":
-            raise ExportError(f"{layer['source']}: an activation must follow a Linear or Conv2d layer")
+            raise ExportError(f"{layer['source']}: an activation must follow a Linear or Conv2d layer "
+                              "(or AvgPool2d, BatchNorm): x^4 and other chained activations are not supported")
         a, b, c = layer["a"], layer["b"], layer["c"]
         if a == 0.0:  # linear: fold b*x + c into the previous layer
             prev = out[-1]
@@ -178,17 +433,19 @@ def torch_to_artifact(model: Any, input_shape: tuple[int, ...], directory: Path,
                       x_sample: np.ndarray, description: str = "", preprocess: dict | None = None,
                       postprocess: dict | None = None, input_names: list[str] | None = None,
                       training: dict | None = None) -> dict:
-    """Export a torch nn.Sequential; x_sample (already preprocessed rows) bounds the activations."""
+    """Export a torch network (nn.Sequential, or an nn.Module whose forward is a chain) of any depth.
+
+    x_sample (already preprocessed rows) bounds the activations. The layers come out as dense
+    (act dense)*; whether that depth fits the encryption parameters is left to the engine.
+    """
     layers = normalize_layers(torch_layers(model, input_shape))
-    dense = [layer for layer in layers if layer["type"] == "dense"]
-    if len(dense) > MAX_DENSE_LAYERS:
-        raise ExportError(
-            f"{len(dense)} Linear/Conv2d layers after folding: at most {MAX_DENSE_LAYERS} (one hidden "
-            "polynomial activation, multiplicative depth 3) are supported at 128-bit security here"
-        )
+    if not layers:
+        raise ExportError(f"{type(model).__name__}: no Linear, Conv2d, AvgPool2d or BatchNorm layer, nothing to serve")
     kinds = [layer["type"] for layer in layers]
-    if kinds not in (["dense"], ["dense", "act", "dense"]):
+    # normalize_layers already guarantees it; a regression there must not produce an unservable artifact.
+    if kinds[0::2] != ["dense"] * len(kinds[0::2]) or kinds[1::2] != ["act"] * len(kinds[1::2]) or len(kinds) % 2 == 0:
         raise ExportError(f"unsupported layer structure {kinds}")
+    dense = [layer for layer in layers if layer["type"] == "dense"]
     bounds = _activation_bounds(layers, x_sample)
     arrays: dict[str, np.ndarray] = {}
     spec = []
