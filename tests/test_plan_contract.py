@@ -15,7 +15,10 @@ from heserve.models.nets import digits_split, mnist_size_split
 from heserve.server.service.config import SHIPPED_MODELS_DIR
 from heserve.server.service.registry import load_registry
 
-SHIPPED = ["breast-cancer-logreg", "diabetes-linreg", "linnerud-linreg", "digits-mlp", "digits-cnn", "mnist-size-mlp"]
+SHIPPED = [
+    "breast-cancer-logreg", "diabetes-linreg", "linnerud-linreg",
+    "digits-mlp", "digits-cnn", "mnist-size-mlp", "digits-cryptonets", "digits-mlp3",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def registry():
 
 
 def preprocessed_rows(served, count: int) -> np.ndarray:
-    if served.name in ("digits-mlp", "digits-cnn"):
+    if served.name in ("digits-mlp", "digits-cnn", "digits-cryptonets", "digits-mlp3"):
         raw = digits_split()[1][:count]
     elif served.name == "mnist-size-mlp":
         raw = mnist_size_split()[1][:count]
