@@ -23,25 +23,35 @@ def mulmod_scalar(a: np.ndarray, b: int, q: int) -> np.ndarray:
     b %= q
     if q < 1 << 26:  # the product is exact in float64
         return reduce_float(a.astype(np.float64) * float(b), q)
-    estimate = np.floor(a.astype(np.float64) * (float(b) / float(q))).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        r = (a * np.uint64(b) - estimate * np.uint64(q)).view(np.int64)
-    r = np.where(r < 0, r + q, r)
-    r = np.where(r >= q, r - q, r)
-    return r.astype(np.uint64)
+    estimate = a.astype(np.float64)
+    estimate *= float(b) / float(q)
+    np.floor(estimate, out=estimate)
+    return _correct(a * np.uint64(b), estimate, q)
 
 
 def mulmod_vector(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
     """(a * b) mod q elementwise for uint64 a, b < q < 2^50."""
     if q >= 1 << 50:
         raise ValueError("moduli above 50 bits are not supported here")
-    af, bf = a.astype(np.float64), b.astype(np.float64)
-    estimate = np.floor(af * bf * (1.0 / q)).astype(np.uint64)
+    estimate = a.astype(np.float64)
+    estimate *= b
+    estimate *= 1.0 / q
+    np.floor(estimate, out=estimate)
     with np.errstate(over="ignore"):
-        r = (a * b - estimate * np.uint64(q)).view(np.int64)
-    r = np.where(r < 0, r + q, r)
-    r = np.where(r >= q, r - q, r)
-    return r.astype(np.uint64)
+        return _correct(a * b, estimate, q)
+
+
+def _correct(product: np.ndarray, estimate: np.ndarray, q: int) -> np.ndarray:
+    """product - floor-estimate * q, brought into [0, q): the estimate is off by at most one, so the
+    difference (exact modulo 2^64) lies in (-q, 2q). In place: these arrays are large."""
+    quotient = estimate.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        quotient *= np.uint64(q)
+        product -= quotient
+    r = product.view(np.int64)
+    r[r < 0] += q
+    r[r >= q] -= q
+    return r.view(np.uint64)
 
 
 def _limbs(values: np.ndarray, bits: int, count: int) -> list[np.ndarray]:
