@@ -32,7 +32,8 @@ class ServerConfig:
     redis_prefix: str = "heserve"
     key_ttl_seconds: float = 900.0  # short by default: keys are re-registered in one call
     max_body_bytes: int = 512 * 1024 * 1024  # one batch chunk of a 784-input network is ~308 MB
-    key_cache_bytes: int = 256 * 1024 * 1024
+    # One key set of a 3-activation network at N=16384 is 255 MiB once deserialized (digits-mlp3).
+    key_cache_bytes: int = 768 * 1024 * 1024
     allow_plaintext: bool = True
     max_single_rows: int = 256
     max_batch_chunks: int = 16  # chunks of N/2 rows in one batch request (also bounded by the body size)
