@@ -165,13 +165,14 @@ def _bits(value: float) -> int:
     return max(0, math.ceil(math.log2(max(value, 1.0))))
 
 
-def choose_parameters(depth: int, output_bound: float, widest: int) -> tuple[CKKSParams, int]:
+def choose_parameters(depth: int, output_bound: float, widest: int, widest_name: str = "a layer"
+                      ) -> tuple[CKKSParams, int]:
     """The smallest ring (then the largest data scale) holding `depth` levels at 128-bit security."""
     out_bits = _bits(output_bound)
     reasons = []
     for n in RING_DEGREES:
         if widest > n // 2:
-            reasons.append(f"N={n} has {n // 2} slots, a layer needs {widest}")
+            reasons.append(f"N={n} has {n // 2} slots, {widest_name} needs {widest}")
             continue
         budget = MAX_COEFF_BITS_128[n] - SPECIAL_PRIME_BITS
         for scale in range(MAX_SCALE_BITS, MIN_SCALE_BITS - 1, -1):
@@ -224,7 +225,9 @@ def compile_network(layers: list[dict], arrays: dict[str, np.ndarray], output_bo
     n_dense = (len(layers) + 1) // 2
     depth = n_dense + (n_dense - 1)
     padded = [next_power_of_two(w) for w in widths]
-    params, scale = choose_parameters(depth, output_bound, max(padded))
+    wide = int(np.argmax(padded))
+    wide_name = "the input" if wide == 0 else f"layer {2 * (wide - 1)} ({layers[2 * (wide - 1)].get('source', 'dense')})"
+    params, scale = choose_parameters(depth, output_bound, max(padded), wide_name)
     slots = params.slot_count
     dense, activations = [], []
     level = 0

@@ -122,6 +122,7 @@ class DeepNetworkPlan(RowCharges):
         slots = self.runtime.slots
         slot = np.arange(slots)
         scale = self.data_scale
+        self.single_scales = [{"stage": "input", "level": 0, "scale_log2": round(math.log2(scale), 4)}]
         for number, layer in enumerate(self.dense):
             s = layer.schedule
             q = self.moduli[s.level][-1]
@@ -147,10 +148,15 @@ class DeepNetworkPlan(RowCharges):
             bias[: s.n_out] = layer.bias
             layer.single_bias = self._encode(bias[slot % s.d_out], layer.single_out_scale, s.level + 1)
             scale = layer.single_out_scale
+            self.single_scales.append({"stage": f"dense {s.index}", "level": s.level + 1,
+                                       "scale_log2": round(math.log2(scale), 4),
+                                       "weights_scale_log2": round(math.log2(layer.single_plain_scale), 4)})
             if number < len(self.betas):
                 level = s.level + 1
                 layer.single_beta = self._encode(self.betas[number], scale, level)
                 scale = self._after_activation(scale, level)
+                self.single_scales.append({"stage": f"activation {s.index + 1}", "level": level + 1,
+                                           "scale_log2": round(math.log2(scale), 4)})
         self.single_output_scale = scale
 
     def _compile_batch(self) -> None:
@@ -214,6 +220,7 @@ class DeepNetworkPlan(RowCharges):
             "depth": sched.depth,
             "coeff_modulus": [int(q) for q in self.moduli[0]],
             "scales_log2": {"data": sched.scale_bits, "output": round(math.log2(self.single_output_scale), 3)},
+            "levels": self.single_scales,  # the scale after every stage, and the level it lands at
             "rotation_steps": list(sched.rotation_steps),
             "galois_elements": [galois_element(s, n) for s in sched.rotation_steps],
             "single": {

@@ -90,6 +90,9 @@ def test_a_depth_no_ring_holds_is_refused_with_the_levels_each_allows():
 def test_a_layer_wider_than_the_slots_moves_to_a_larger_ring():
     params, _ = choose_parameters(3, output_bound=10.0, widest=8192)
     assert params.poly_modulus_degree == 16384
+    layers, arrays = generated([8, 20000, 2])
+    with pytest.raises(CompileError, match=r"N=32768 has 16384 slots, layer 0 \(dense 0\) needs 32768"):
+        compile_network(layers, arrays, 10.0)
 
 
 def test_refusals_name_the_layer():
