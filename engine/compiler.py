@@ -226,7 +226,8 @@ def compile_network(layers: list[dict], arrays: dict[str, np.ndarray], output_bo
     depth = n_dense + (n_dense - 1)
     padded = [next_power_of_two(w) for w in widths]
     wide = int(np.argmax(padded))
-    wide_name = "the input" if wide == 0 else f"layer {2 * (wide - 1)} ({layers[2 * (wide - 1)].get('source', 'dense')})"
+    wide_layer = 2 * (wide - 1)
+    wide_name = "the input" if wide == 0 else f"layer {wide_layer} ({layers[wide_layer].get('source', 'dense')})"
     params, scale = choose_parameters(depth, output_bound, max(padded), wide_name)
     slots = params.slot_count
     dense, activations = [], []
