@@ -66,3 +66,16 @@ def test_the_check_catches_wrong_outputs(registry, monkeypatch):
     monkeypatch.setattr(LinearPlan, "plaintext", lambda self, x: np.atleast_2d(x) @ self.weights.T + self.bias + 1.0)
     with pytest.raises(PlanContractError, match="differs from plaintext"):
         check_plan(plan, preprocessed_rows(registry.get("breast-cancer-logreg"), 1))
+
+
+@pytest.mark.parametrize(("name", "activations"), [("digits-cryptonets", 2), ("digits-mlp3", 3)])
+def test_a_deep_plan_charges_what_a_complex_slot_can_answer(registry, name, activations):
+    """f(X + iY) for f of degree D = 2^a follows from D + 1 real rows: a single row is charged D + 1,
+    a batch chunk D + 1 per slot, and the spec publishes both."""
+    served = registry.get(name)
+    charge = 2**activations + 1
+    assert served.plan.single_rows_charged == charge
+    assert served.plan.batch_rows_charged == charge * served.plan.runtime.slots
+    layouts = served.spec.to_json()["layouts"]
+    assert layouts["single"]["rows_charged"] == charge
+    assert layouts["batch"]["rows_charged"] == charge * served.plan.runtime.slots
