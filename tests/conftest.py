@@ -19,14 +19,20 @@ PROCESS_FIXTURES = {"server", "client", "redis_server"}
 SLOW_TESTS = {
     "test_a_shared_client_and_scripts_reloaded_after_a_restart",
     "test_redis_down_is_unavailable_quickly_and_recovers",
+    # Real SEAL at N=16384, Galois keys generated once per published element: 10-40 s each.
+    "test_generated_networks_keep_the_plan_contract",
+    "test_a_folded_conv_network_keeps_the_plan_contract",
 }
+# Parametrized cases that run networks of several activations (N=16384).
+SLOW_PARAMETERS = ("[digits-cryptonets", "[digits-mlp3")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         name = getattr(item, "originalname", item.name)
         uses = set(getattr(item, "fixturenames", ()))
-        if item.path.stem in SLOW_MODULES or uses & PROCESS_FIXTURES or name in SLOW_TESTS or "[redis" in item.name:
+        slow_case = "[redis" in item.name or any(p in item.name for p in SLOW_PARAMETERS)
+        if item.path.stem in SLOW_MODULES or uses & PROCESS_FIXTURES or name in SLOW_TESTS or slow_case:
             item.add_marker(pytest.mark.slow)
 
 
