@@ -346,6 +346,8 @@ class RemoteModel:
         requests_: list[EncryptedRequest] = []
         if layout == SINGLE:
             rows_per_request = max(1, SINGLE_CIPHERTEXTS_PER_REQUEST // spec.ciphertexts_per_row)
+            if spec.rows_per_request > 0:  # the server's advice for expensive plans
+                rows_per_request = min(rows_per_request, spec.rows_per_request)
             for start in range(0, x.shape[0], rows_per_request):
                 part = x[start : start + rows_per_request]
                 if spec.encoding == COEFFICIENTS:

@@ -139,6 +139,23 @@ class NetworkSchedule:
                 ]
         return [op for op in ops if op["count"]]
 
+    def single_row_seconds(self) -> float:
+        """A deliberately rough estimate of one single-layout row's server time on one core.
+
+        Key switches (rotations, relinearizations) dominate; SEAL's cost grows with N and with
+        L*(L+1) for L data primes at the operation's level. Fitted on a 2-core machine at N=8192 and
+        16384 (0.17-0.21 ms per unit), used only to size requests."""
+        n_units = self.params.poly_modulus_degree / 8192
+        data_primes = len(self.params.coeff_mod_bit_sizes) - 1
+        ms = 0.0
+        for op in self.single_ops():
+            primes = data_primes - op["level"]
+            if op["op"] in ("rotate", "multiply_relinearize"):
+                ms += op["count"] * 0.2 * n_units * primes * (primes + 1)
+            elif op["op"] in ("multiply_plain", "rescale", "load_seeded_ciphertext"):
+                ms += op["count"] * 0.1 * n_units * primes
+        return ms / 1e3
+
     def batch_ops(self) -> list[dict]:
         """Operations of one batch chunk (one ciphertext per feature and per unit)."""
         ops: list[dict] = []

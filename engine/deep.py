@@ -49,6 +49,9 @@ from heserve.engine.modmath import ModularDense
 from heserve.engine.params import galois_element
 from heserve.engine.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
 
+# Seconds of server time one single-layout request is sized for (a quarter of the default deadline).
+REQUEST_SECONDS_TARGET = 7.5
+
 
 class _Dense:
     """A compiled dense layer: single-layout diagonals and batch integer weights."""
@@ -104,6 +107,7 @@ class DeepNetworkPlan(RowCharges):
         self._compile_single()
         self._compile_batch()
         self.single_steps = self.schedule.rotation_steps
+        self.rows_per_request = int(np.clip(REQUEST_SECONDS_TARGET // self.schedule.single_row_seconds(), 1, 64))
 
     # --- compilation -------------------------------------------------------------------------
     def _encode(self, values: np.ndarray | float, scale: float, level: int) -> sealapi.Plaintext:
@@ -203,6 +207,7 @@ class DeepNetworkPlan(RowCharges):
                     packing={"ciphertexts": 1, "period": sched.input_period, "window": 1, "hidden": 1,
                              "baby": 1, "out_period": sched.dense[-1].d_out},
                     rows_charged=self.single_rows_charged,
+                    rows_per_request=self.rows_per_request,
                 ),
                 BATCH: LayoutSpec(
                     BATCH, capacity=self.runtime.slots, method="modular-matmul", seeded=False,

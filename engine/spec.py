@@ -48,6 +48,9 @@ class LayoutSpec:
     rows_charged: int = 0  # rows a tenant's quota is charged per row (single) or per chunk (batch)
     encoding: str = SLOTS  # where values sit in a plaintext: CKKS slots, or polynomial coefficients
     results_per_row: int = 1  # single layout: result ciphertexts per row
+    # Single layout: rows a client should put in one request, so that one request stays well within
+    # the server's time limit (0: no advice; the SDK's own default applies).
+    rows_per_request: int = 0
 
     def input_scale_bits(self, default: int) -> int:
         return self.scale_bits if self.scale_bits is not None else default
@@ -77,6 +80,8 @@ class LayoutSpec:
         data["encoding"] = self.encoding
         if self.name == SINGLE:
             data["results_per_row"] = self.results_per_row
+            if self.rows_per_request:
+                data["rows_per_request"] = self.rows_per_request
         return data
 
 
@@ -134,6 +139,7 @@ class EncryptionSpec:
                     rows_charged=int(entry.get("rows_charged", 0)),
                     encoding=str(entry.get("encoding", SLOTS)),
                     results_per_row=int(entry.get("results_per_row", 1)),
+                    rows_per_request=int(entry.get("rows_per_request", 0)),
                 )
             if not layouts:
                 raise SpecError("the model offers no layout this SDK understands")

@@ -77,5 +77,7 @@ def test_a_deep_plan_charges_what_a_complex_slot_can_answer(registry, name, acti
     assert served.plan.single_rows_charged == charge
     assert served.plan.batch_rows_charged == charge * served.plan.runtime.slots
     layouts = served.spec.to_json()["layouts"]
+    # Requests sized to a few seconds at the estimated rate (~0.6 s and ~0.9 s per row on 2 cores).
+    assert layouts["single"]["rows_per_request"] * served.plan.schedule.single_row_seconds() <= 7.5
     assert layouts["single"]["rows_charged"] == charge
     assert layouts["batch"]["rows_charged"] == charge * served.plan.runtime.slots
