@@ -32,9 +32,11 @@ class Session:
     remote: RemoteModel
     key_id: str
     eval_key_bytes: int
+    response_bytes: int = 0  # bytes of the serialized response(s) of the last call() or evaluate()
 
     def call(self, request: EncryptedRequest) -> tuple[float, list[bytes]]:
-        """Seconds the worker's code path takes for one request, and the result ciphertexts."""
+        """Seconds the worker's code path takes for one request, and the result ciphertexts.
+        (The serialized response's size, what would go back over the wire, lands in response_bytes.)"""
         parameters = {"key_id": self.key_id, "layout": request.layout, "rows": request.rows}
         if request.bindings is not None:
             parameters["bindings"] = request.bindings
@@ -48,15 +50,18 @@ class Session:
             self.served, self.services.keys, payload, header, InferenceLimits.from_config(config)
         )
         elapsed = time.perf_counter() - start
+        self.response_bytes = len(out)
         return elapsed, v2.decode(out, out_length, "outputs").tensors[0].data
 
     def evaluate(self, requests: list[EncryptedRequest]) -> tuple[float, np.ndarray]:
         """Total server seconds for these requests, and their decrypted raw outputs."""
-        total, outputs = 0.0, []
+        total, outputs, response_bytes = 0.0, [], 0
         for request in requests:
             elapsed, blobs = self.call(request)
             total += elapsed
+            response_bytes += self.response_bytes
             outputs.append(self.remote.decrypt(request, blobs))
+        self.response_bytes = response_bytes
         return total, np.concatenate(outputs, axis=0)
 
     def repeat(self, requests: list[EncryptedRequest], calls: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from heserve.models import artifact
 from heserve.models.recipes import MODELS_DIR, breast_cancer_split, diabetes_split, linnerud_split
 
 from .inprocess import InProcess
+from .link import CountingTransport
 from .stats import agreement, alternating, latencies, one_thread, summary
 
 SPLITS = {
@@ -164,10 +165,12 @@ def bench_model(
     naive = naive_single(model, context)
     session = engine.session(name)
     requests_1 = [session.remote.encrypt(x_raw[j : j + 1], "single")[0] for j in range(min(rows, samples))]
-    with Client(url, timeout=120) as client:
+    wire = CountingTransport()
+    with Client(url, timeout=120, transport=wire) as client:
         remote = client.model(name)
         remote.register()
         outs: list[list] = [[], [], []]
+        mark = wire.mark()
         naive_times, _, http_times = alternating(
             [
                 lambda i: naive(x_raw[i % rows]),
@@ -175,8 +178,11 @@ def bench_model(
                 lambda i: remote.raw_scores(x_raw[i % rows : i % rows + 1], layout="single"),
             ],
             samples,
+            warmup=3,
             outputs=outs,
         )
+        single_wire = wire.since(mark).per_call(samples + 3, 1)
+        single_download = session.response_bytes  # the last call's response (every one has the same size)
         server_times = np.array([elapsed for elapsed, _ in outs[1]])
         index = np.arange(samples) % rows
         k = model.W.shape[0]
@@ -194,6 +200,8 @@ def bench_model(
             "single",
             summary(naive_times),
             upload_bytes_per_row=len(ts.ckks_vector(context, model.standardize(x_raw[0])).serialize()),
+            download_bytes_per_row=len(enc.serialize()),
+            requests_per_call=1,
             eval_key_bytes=tenseal_public_bytes(context),
             eval_keys="TenSEAL public context: default Galois keys, relinearization keys, public key",
             decrypt_ms=float(np.median(decrypt_times) * 1e3),
@@ -205,6 +213,7 @@ def bench_model(
             "single",
             summary(server_times),
             upload_bytes_per_row=requests_1[0].nbytes,
+            download_bytes_per_row=single_download,
             eval_key_bytes=session.eval_key_bytes,
             eval_keys="seeded public key only (no Galois keys: the coefficient layout does not rotate)",
             **agreement(server_got, model.predict(x_raw[server_index]), pp),
@@ -217,6 +226,7 @@ def bench_model(
             "single",
             summary(http_times),
             upload_bytes_per_row=single_upload,
+            **single_wire,
             eval_key_bytes=key_bytes,
             eval_keys="public key only, as stored by the server (no Galois keys)",
             **agreement(http_got, model.predict(x_raw[index]), pp),
@@ -232,6 +242,8 @@ def bench_model(
             "batch",
             summary(naive_b, batch_rows),
             upload_bytes_per_row=naive_batch_upload(model, context, batch_rows),
+            download_bytes_per_row=sum(len(v.serialize()) for chunk in outs_b[-1] for v in chunk) / batch_rows,
+            requests_per_call=1,
             eval_key_bytes=tenseal_public_bytes(context, galois=False),
             eval_keys="TenSEAL public context without Galois keys (no rotation): relinearization keys, public key",
             **agreement(naive_batch_outputs(outs_b[-1], batch_rows), expected_b, pp),
@@ -248,6 +260,7 @@ def bench_model(
             "batch",
             summary(times, batch_rows),
             upload_bytes_per_row=sum(r.nbytes for r in requests_b) / batch_rows,
+            download_bytes_per_row=session.response_bytes / batch_rows,
             eval_key_bytes=0,
             eval_keys="public key only (scalar products; results re-randomized with it)",
             **agreement(got, expected_b, pp),
@@ -257,7 +270,9 @@ def bench_model(
         # Batch over HTTP: encrypt + send + evaluate + return + decrypt.
         tick(f"{name}: HTTP batch")
         outs_h: list = []
+        mark = wire.mark()
         batch = latencies(lambda i: remote.raw_scores(xb, layout="batch"), batch_calls, warmup=1, outputs=outs_h)
+        batch_wire = wire.since(mark).per_call(batch_calls + 1, batch_rows)
         requests_ = remote.encrypt(xb[:2048], "batch")
         row(
             END_TO_END,
@@ -265,6 +280,7 @@ def bench_model(
             "batch",
             summary(batch, batch_rows),
             upload_bytes_per_row=sum(r.nbytes for r in requests_) / 2048,
+            **batch_wire,
             eval_key_bytes=0,
             eval_keys="public key only (scalar products; results re-randomized with it)",
             **agreement(outs_h[-1], expected_b, pp),

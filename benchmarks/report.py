@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from .linear import BASELINE, END_TO_END, HTTP, INPROCESS, PLAINTEXT
+from .link import LINK_BITS_PER_S, LINK_LABEL, RTT_S, link_seconds
 
 ROLES = (PLAINTEXT, BASELINE, INPROCESS, HTTP)
 LAYOUTS = ("single", "batch")
@@ -23,10 +26,12 @@ def find(rows: list[dict], model: str, role: str, layout: str) -> dict | None:
 def derive(rows: list[dict]) -> None:
     """Add to each encrypted row its slowdown against plaintext (rows/s of plaintext over its own, same
     layout) and, for the service, its speedup against TenSEAL naive (its rows/s over TenSEAL's, same
-    layout when TenSEAL was measured in it, else TenSEAL's single-sample rows/s: one row at a time)."""
+    layout when TenSEAL was measured in it, else TenSEAL's single-sample rows/s: one row at a time);
+    to the rows that go end to end (the service over HTTP, TenSEAL naive) their time over a real link."""
     for r in rows:
         if r["role"] == PLAINTEXT:
             continue
+        link(r)
         plain = find(rows, r["model"], PLAINTEXT, r["layout"])
         if plain:
             r["slowdown_vs_plaintext"] = plain["rows_per_s"] / r["rows_per_s"]
@@ -35,6 +40,35 @@ def derive(rows: list[dict]) -> None:
             if base:
                 r["speedup_vs_baseline"] = r["rows_per_s"] / base["rows_per_s"]
                 r["baseline_layout"] = base["layout"]
+
+
+def link(r: dict) -> None:
+    """e2e_link_ms: the row's loopback time plus its bytes at LINK_BITS_PER_S plus one RTT_S per request
+    (link.link_seconds). The service over HTTP: the request and response bodies measured on the wire;
+    TenSEAL naive: its serialized input and result ciphertexts, one request per call, its in-process time
+    (encryption and evaluation, no transport, no decryption) in place of a loopback time."""
+    if r["role"] not in (HTTP, BASELINE) or r.get("download_bytes_per_row") is None:
+        return
+    rows = r["rows_per_call"]
+    up = r.get("wire_upload_bytes_per_row", r["upload_bytes_per_row"]) * rows
+    down = r["download_bytes_per_row"] * rows
+    seconds = link_seconds(r["median_ms"] / 1e3, up, down, r.get("requests_per_call", 1))
+    r["e2e_link_ms"] = seconds * 1e3
+    r["e2e_link_rows_per_s"] = rows / seconds
+
+
+def add_floors(rows: list[dict], floors: dict) -> None:
+    """Server-side rows of networks: the op-count floor of the call (one single-layout row; a batch call:
+    its chunks of `batch_chunk_rows` rows) and the measured time over it."""
+    for r in rows:
+        floor = floors.get(r["model"])
+        if r["role"] != INPROCESS or not floor:
+            continue
+        if r["layout"] == "single":
+            r["floor_ms"] = floor["single_ms"] * r["rows_per_call"]
+        else:
+            r["floor_ms"] = floor["batch_ms"] * math.ceil(r["rows_per_call"] / floor["batch_chunk_rows"])
+        r["floor_ratio"] = r["median_ms"] / r["floor_ms"]
 
 
 def fmt(value, digits: int = 2) -> str:
@@ -53,14 +87,21 @@ def ratio(value: float | None) -> str:
     return f"{value:,.0f}x" if value >= 100 else f"{value:.2g}x" if value < 10 else f"{value:.1f}x"
 
 
-def table(rows: list[dict]) -> str:
+LINK_COLUMN = f"e2e at {LINK_LABEL} (ms)"
+FLOOR_TARGET = 1.5  # server time within this many times the op-count floor
+
+
+def table(rows: list[dict], floor: bool = False) -> str:
+    """One line per workload; with `floor`, a column of server time over the plan's op-count floor."""
     head = (
         "| model | workload | layout | rows/call | calls | median ms | p95 ms | rows/s | slowdown vs plaintext "
-        "| speedup vs TenSEAL | upload B/row | eval keys B | agreement | max abs err |"
+        f"| speedup vs TenSEAL | bytes up/row | bytes down/row | {LINK_COLUMN} | eval keys B "
+        + ("| server / floor " if floor else "")
+        + "| agreement | max abs err |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * (16 + floor)]
     for r in rows:
-        upload = r.get("upload_bytes_per_row")
+        upload, download = r.get("upload_bytes_per_row"), r.get("download_bytes_per_row")
         speedup = ratio(r.get("speedup_vs_baseline"))
         if speedup and r.get("baseline_layout") != r["layout"]:
             speedup += " (vs single)"
@@ -79,12 +120,21 @@ def table(rows: list[dict]) -> str:
             ratio(r.get("slowdown_vs_plaintext")),
             speedup,
             fmt(None if upload is None else round(upload)),
+            fmt(None if download is None else round(download)),
+            fmt(r.get("e2e_link_ms")),
             fmt(r.get("eval_key_bytes")),
+            *([f"{r['floor_ratio']:.2f}x" if "floor_ratio" in r else ""] if floor else []),
             agree,
             fmt(r.get("max_abs_error")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """The rows' notes (what was left out, and why), once per model and layout."""
+    unique = dict.fromkeys((r["model"], r["layout"], r["note"]) for r in rows if r.get("note"))
+    return [f"{model}, {layout}: {note}" for model, layout, note in unique]
 
 
 def verdict(ok: bool) -> str:
@@ -145,9 +195,29 @@ def network_ratios(rows: list[dict], floors: dict) -> list[str]:
             keys = single["eval_key_bytes"] / naive["eval_key_bytes"]
             parts.append(f"evaluation keys {keys:.2f}x TenSEAL's default Galois keys")
         if model in floors:
-            floor = floors[model]["single_ms"]
-            share = single["median_ms"] / floor
-            parts.append(f"single-sample server time {share:.2f}x the plan's op-count floor ({floor:.1f} ms)")
+            shares = [
+                f"{r['layout']} {r['floor_ratio']:.2f}x ({r['floor_ms']:,.1f} ms)"
+                for r in (single, batch)
+                if "floor_ratio" in r
+            ]
+            worst = max(r.get("floor_ratio", 0.0) for r in (single, batch))
+            parts.append(
+                "server time over the plan's op-count floor: "
+                + ", ".join(shares)
+                + f" (target <= {FLOOR_TARGET}: {verdict(worst <= FLOOR_TARGET)})"
+            )
+        http_single = find(rows, model, HTTP, "single")
+        linked = [
+            f"{label} {r['e2e_link_ms']:,.0f} ms per {'row' if r['layout'] == 'single' else 'call'}"
+            for label, r in (
+                ("single", http_single),
+                ("TenSEAL naive single", naive),
+                (f"batch of {e2e['rows_per_call']:,}", e2e),
+            )
+            if r and "e2e_link_ms" in r
+        ]
+        if linked:
+            parts.append(f"end to end at {LINK_LABEL}: " + ", ".join(linked))
         out.append(f"{model}: " + "; ".join(parts))
     return out
 
@@ -195,8 +265,19 @@ COLUMNS = (
     "Columns: *rows/call* and *calls* are the rows in each timed call and the number of timed calls (with few "
     "calls, p95 is close to the maximum); *slowdown vs plaintext* is plaintext rows/s over this workload's, same "
     "model and layout; *speedup vs TenSEAL* is this workload's rows/s over TenSEAL naive's in the same layout "
-    "(*vs single*: TenSEAL one row at a time); *upload B/row* is ciphertext bytes sent per row; *eval keys B* the "
-    "public evaluation keys uploaded once for this layout (0: it needs none); *agreement* is the share of rows whose "
+    "(*vs single*: TenSEAL one row at a time); *bytes up/row* is ciphertext bytes sent per row; *bytes down/row* "
+    "the result bytes sent back per row (the service: its serialized responses, measured; TenSEAL: its serialized "
+    "result vectors; a batch's bytes divided by its rows); "
+    f"*{LINK_COLUMN}* is the time of one call for a client on a link of {LINK_BITS_PER_S / 1e6:.0f} Mbit/s "
+    f"with a {RTT_S * 1e3:.0f} ms round trip, from the measured numbers: e2e_link = measured loopback end-to-end "
+    f"time + (bytes up + bytes down) x 8 / {LINK_BITS_PER_S / 1e6:.0f} Mbit/s + {RTT_S * 1e3:.0f} ms per request "
+    "(the service over HTTP: its request and response bodies as measured on the wire, and the SDK's requests; "
+    "TenSEAL naive: its in-process time, without transport or decryption, in place of the loopback time, "
+    "one request per call; evaluation keys, sent once, are not counted); "
+    "*eval keys B* the public evaluation keys uploaded once for this layout (0: it needs none); "
+    "*server / floor* the server-side time over the plan's op-count floor (its operations priced at "
+    "micro-benchmarked rates, for a batch per chunk of rows; target <= "
+    f"{FLOOR_TARGET}x); *agreement* is the share of rows whose "
     "prediction is the plaintext one (same label for a classifier, every output within 1e-3 relative for a "
     "regression), out of that many rows; *max abs err* the largest difference of a raw output (logit or value) "
     "from plaintext."
@@ -207,10 +288,12 @@ def markdown(report: dict) -> str:
     header = report["header"]
     text = "\n".join(f"- {k}: {v}" for k, v in header.items() if k not in ("cpu", "cores"))
     text += "\n- settings: " + report["settings"]["description"]
-    text += "\n\nLinear models:\n\n" + table(report["results"]) + "\n\n"
-    text += "\n".join(f"- {line}" for line in report["ratios"])
-    text += "\n\nNetworks:\n\n" + table(report["networks"]) + "\n\n"
-    text += "\n".join(f"- {line}" for line in report["network_ratios"])
+    if report["results"]:  # (a run of some models only may have no linear model, or no network)
+        text += "\n\nLinear models:\n\n" + table(report["results"]) + "\n\n"
+        text += "\n".join(f"- {line}" for line in report["ratios"] + notes(report["results"]))
+    if report["networks"]:
+        text += "\n\nNetworks:\n\n" + table(report["networks"], floor=True) + "\n\n"
+        text += "\n".join(f"- {line}" for line in report["network_ratios"] + notes(report["networks"]))
     text += "\n\n" + COLUMNS
     text += "\n\nAgreement with plaintext:\n\n" + "\n".join(f"- {line}" for line in report["agreement"])
     if report["sweeps"]:

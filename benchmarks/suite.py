@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -100,12 +100,14 @@ FULL = Settings(
     plain_calls=20,
     batch_calls=5,
     net_samples=20,
-    naive_samples={"digits-mlp": 5, "digits-cnn": 5, "mnist-size-mlp": 1},
+    # The deeper networks run TenSEAL at N=16384 with 5-7 levels: seconds per row, so few rows.
+    naive_samples={"digits-mlp": 5, "digits-cnn": 5, "mnist-size-mlp": 1, "digits-cryptonets": 2, "digits-mlp3": 2},
     net_batch_rows=4096,
     net_batch_calls=3,
     http_batch_calls=1,
-    # mnist-size-mlp column-wise would be ~100,000 TenSEAL scalar products per call (minutes): left out.
-    naive_batch_calls={"digits-mlp": 1, "digits-cnn": 1},
+    # mnist-size-mlp column-wise would be ~100,000 TenSEAL scalar products per call (minutes): left out. The
+    # deeper networks' is measured only when estimated below networks.NAIVE_BATCH_LIMIT_S (the row says so).
+    naive_batch_calls={"digits-mlp": 1, "digits-cnn": 1, "digits-cryptonets": 1, "digits-mlp3": 1},
     sweeps={
         "breast-cancer-logreg": Sweep((1, 16, 256, 2048, 16384), (1, 16, 64), 5),
         "digits-mlp": Sweep((1, 64, 512, 4096, 8192), (1, 4, 16), 3, naive_batch_calls=1),
@@ -156,6 +158,20 @@ NOTEBOOK = Settings(
 )
 
 
+def subset(settings: Settings, models: Iterable[str]) -> Settings:
+    """`settings` restricted to `models` (any shipped model; its repetitions as `settings` has them)."""
+    chosen = list(dict.fromkeys(models))
+    unknown = [m for m in chosen if m not in LINEAR + NETWORKS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(LINEAR + NETWORKS)}")
+    return replace(
+        settings,
+        linear_models=tuple(m for m in LINEAR if m in chosen),
+        network_models=tuple(m for m in NETWORKS if m in chosen),
+        sweeps={m: s for m, s in settings.sweeps.items() if m in chosen},
+    )
+
+
 def steps(settings: Settings) -> int:
     n = len(settings.linear_models) * linear.STEPS + len(settings.network_models) * networks.STEPS
     n += sum(len(s.batch) + len(s.single) for s in settings.sweeps.values())
@@ -172,7 +188,6 @@ def run(settings: Settings, url: str | None = None, command: str = "", progress:
         bar.update(1)
 
     context = linear.tenseal_naive_context()
-    net_context = networks.tenseal_context() if settings.network_models else None
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp), workers=settings.workers) if url is None else None
         try:
@@ -198,7 +213,7 @@ def run(settings: Settings, url: str | None = None, command: str = "", progress:
                     url,
                     settings.net_samples,
                     settings.naive_samples.get(name, 0),
-                    net_context,
+                    None,  # TenSEAL's context: the one whose depth fits the network
                     engine=engine,
                     batch_rows=settings.net_batch_rows,
                     batch_calls=settings.net_batch_calls,
@@ -215,7 +230,7 @@ def run(settings: Settings, url: str | None = None, command: str = "", progress:
                         name,
                         url,
                         engine,
-                        net_context,
+                        None,
                         sweep.batch,
                         sweep.single,
                         sweep.calls,
@@ -226,19 +241,12 @@ def run(settings: Settings, url: str | None = None, command: str = "", progress:
             if server is not None:
                 server.stop()
         tick("op-count floors")
-        floors = {}
-        for name in settings.network_models:
-            costs = networks.op_costs(engine.services, name)
-            plan = engine.services.registry.get(name).plan.plan()
-            floors[name] = {
-                "single_ms": networks.op_floor(plan["single"]["ops"], costs),
-                "batch_seal_ms": networks.op_floor(plan["batch"]["ops"], costs),
-                "op_ms": costs,
-            }
+        floors = {name: networks.floors(engine.services, name) for name in settings.network_models}
     bar.close()
     header["load average at end"] = load_average()
     report.derive(rows)
     report.derive(net_rows)
+    report.add_floors(net_rows, floors)
     settings_json = json.loads(json.dumps(asdict(settings)))
     settings_json["description"] = settings.describe()
     result = {

@@ -22,7 +22,7 @@ EXPECTED_TEXT = {
     "01-quickstart.ipynb": ["labels agree on every row", "labels agree with plaintext on 100.0%"],
     "02-bring-your-own-model.ipynb": ["refused: layer 1 (ReLU)", "multiplicative depth 5", "CKKS N = 16384"],
     "04-privacy.ipynb": ["NotFoundError 404", "ciphertext/key windows found: 0"],
-    "03-benchmark.ipynb": ["every shipped model (6) measured in both layouts"],
+    "03-benchmark.ipynb": ["every shipped model (8) measured in both layouts"],
 }
 
 
