@@ -299,6 +299,9 @@ def bench_network(
     does an estimate above naive_batch_limit_s seconds per call). context: TenSEAL's, by default the one
     whose depth fits the network (tenseal_context)."""
     net = Network(name, engine)
+    # A batch call fills one chunk of the model's ring (8,192 rows at N=16384): a full chunk costs the
+    # same as a partial one, so fewer rows would understate what the layout does.
+    batch_rows = max(batch_rows, net.plan.runtime.slots)
     x_test, rows, plan, pp = net.x, len(net.x), net.plan, net.postprocess
     if context is None and (naive_samples or naive_batch_calls):
         context = tenseal_context(naive_depth(plan))
