@@ -22,6 +22,7 @@ SLOW_TESTS = {
     # Real SEAL at N=16384, Galois keys generated once per published element: 10-40 s each.
     "test_generated_networks_keep_the_plan_contract",
     "test_a_folded_conv_network_keeps_the_plan_contract",
+    "test_generated_torch_networks_served_by_gunicorn_agree_with_torch",
 }
 # Parametrized cases that run networks of several activations (N=16384).
 SLOW_PARAMETERS = ("[digits-cryptonets", "[digits-mlp3")

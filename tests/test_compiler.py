@@ -139,3 +139,56 @@ def test_a_folded_conv_network_keeps_the_plan_contract():
     x = np.random.default_rng(3).uniform(0, 1, (2, 64))
     plan = DeepNetworkPlan(layers, arrays, output_bound(layers, arrays, x), runtime_cache())
     check_plan(plan, x)
+
+
+# --- generated torch networks, exported, served by gunicorn, compared with torch ---------------------
+def test_generated_torch_networks_served_by_gunicorn_agree_with_torch(tmp_path):
+    """What a data scientist does: train-shaped torch networks (dense and conv, 1-3 activations, up to
+    784 inputs), exported, compiled by a real server at start, queried through the SDK on real SEAL."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from heserve.client import Client
+    from heserve.models.export import torch_to_artifact
+    from heserve.models.nn import PolyActivation, Square
+    from heserve.server.launch import start_server
+
+    torch.manual_seed(4)
+    nets = {
+        "gen-784": (nn.Sequential(nn.Linear(784, 16), Square(), nn.Linear(16, 10)), (784,)),
+        "gen-conv2": (
+            nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Square(), nn.AvgPool2d(2), nn.Flatten(),
+                          nn.Linear(32, 8), PolyActivation(0.2, 0.5, 0.1), nn.Linear(8, 3)),
+            (1, 8, 8),
+        ),
+        "gen-dense3": (
+            nn.Sequential(nn.Linear(12, 8), PolyActivation(0.3, 0.4, 0.0), nn.Linear(8, 8), Square(),
+                          nn.Linear(8, 8), PolyActivation(0.2, -0.3, 0.1), nn.Linear(8, 4)),
+            (12,),
+        ),
+    }
+    rng = np.random.default_rng(5)
+    inputs, expected = {}, {}
+    models_dir = tmp_path / "models"
+    for name, (net, shape) in nets.items():
+        net = net.double().eval()
+        x = rng.uniform(0, 1, (30, int(np.prod(shape))))
+        torch_to_artifact(net, shape, models_dir / name, name, x_sample=x)
+        with torch.no_grad():
+            expected[name] = net(torch.tensor(x.reshape(-1, *shape))).numpy()
+        inputs[name] = x
+    server = start_server(tmp_path / "server", workers=1, models_dir=models_dir)
+    try:
+        with Client(server.url, timeout=120) as client:
+            depths = {}
+            for name, x in inputs.items():
+                depths[name] = client.model_metadata(name)["parameters"]["encryption"]["multiplicative_depth"]
+                model = client.model(name)
+                for layout, rows in (("single", 2), ("batch", 30)):
+                    got = model.raw_scores(x[:rows], layout=layout)
+                    scale = max(1.0, float(np.max(np.abs(expected[name]))))
+                    assert np.max(np.abs(got - expected[name][:rows])) < 1e-3 * scale, (name, layout)
+                model.delete_key()
+    finally:
+        server.stop()
+    assert depths == {"gen-784": 3, "gen-conv2": 5, "gen-dense3": 7}
