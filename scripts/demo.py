@@ -159,6 +159,19 @@ def main() -> int:
                 f"(truth {digit_labels[:8].tolist()}) in {t_net * 1e3:.0f} ms with key registration"
             )
             network.delete_key()
+            deep = client.model("digits-cryptonets")
+            t = time.perf_counter()
+            deep.register()
+            t_keys = time.perf_counter() - t
+            t = time.perf_counter()
+            predicted = deep.predict(digits[:4], layout="single")
+            t_deep = time.perf_counter() - t
+            print(
+                f"digits-cryptonets (conv-x^2-pool-dense-x^2-dense, depth 5, N=16384), 4 images: "
+                f"{predicted.tolist()} (truth {digit_labels[:4].tolist()}) in {t_deep * 1e3:.0f} ms "
+                f"after a {t_keys:.1f} s key registration"
+            )
+            deep.delete_key()
         command_line_demo(url, x_test[:6])
         return 0
     finally:
