@@ -44,7 +44,8 @@ import tenseal.sealapi as sealapi
 
 from heserve.engine import seal_io, seal_raw
 from heserve.engine.compiler import DenseSchedule, NetworkSchedule, compile_network
-from heserve.engine.linear import EvaluationError, RowCharges, SealRuntime
+from heserve.engine.levels import LeveledPlan
+from heserve.engine.linear import EvaluationError, SealRuntime
 from heserve.engine.modmath import ModularDense
 from heserve.engine.params import galois_element
 from heserve.engine.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
@@ -70,7 +71,7 @@ class _Dense:
         self.batch_out_scale = 0.0
 
 
-class DeepNetworkPlan(RowCharges):
+class DeepNetworkPlan(LeveledPlan):
     """dense (act dense)*, any depth the parameters hold, for both layouts."""
 
     batch_reads_coefficients = True
@@ -87,12 +88,7 @@ class DeepNetworkPlan(RowCharges):
         self.n_outputs = self.schedule.widths[-1]
         self.betas = [float(layer["beta"]) for layer in layers if layer["type"] == "act"]
         self.complex_rows = self.schedule.degree + 1
-        data = self.runtime.context.first_context_data()
-        self.levels, self.moduli = [], []
-        while data is not None:
-            self.levels.append(data.parms_id())
-            self.moduli.append([m.value() for m in data.parms().coeff_modulus()])
-            data = data.next_context_data()
+        self._read_levels()
         if len(self.levels) != self.schedule.depth + 1:
             raise ValueError("the SEAL context does not have one level per multiplicative operation")
         self.data_scale = 2.0**self.schedule.scale_bits
@@ -110,14 +106,6 @@ class DeepNetworkPlan(RowCharges):
         self.rows_per_request = int(np.clip(REQUEST_SECONDS_TARGET // self.schedule.single_row_seconds(), 1, 64))
 
     # --- compilation -------------------------------------------------------------------------
-    def _encode(self, values: np.ndarray | float, scale: float, level: int) -> sealapi.Plaintext:
-        plain = sealapi.Plaintext()
-        if isinstance(values, np.ndarray):
-            self.runtime.encoder.encode(values.astype(np.float64).tolist(), self.levels[level], scale, plain)
-        else:
-            self.runtime.encoder.encode(float(values), self.levels[level], scale, plain)
-        return plain
-
     def _after_activation(self, scale: float, level: int) -> float:
         """SEAL's scale after u*(u + beta) at `level` (a product, then a rescale)."""
         return (scale * scale) / self.moduli[level][-1]
@@ -253,17 +241,7 @@ class DeepNetworkPlan(RowCharges):
 
     # --- single layout -----------------------------------------------------------------------
     def check_input(self, ct: sealapi.Ciphertext, what: str, layout: str | None = SINGLE) -> None:
-        if ct.size() != 2 or not ct.is_ntt_form():
-            raise EvaluationError(f"{what} is not a fresh ciphertext")
-        if ct.parms_id() != self.levels[0]:
-            raise EvaluationError(f"{what} is not at the first data level of the model's parameters")
-        if not math.isclose(ct.scale, self.input_scale, rel_tol=1e-9):
-            raise EvaluationError(f"{what} has scale 2^{math.log2(ct.scale):.2f}, expected 2^{self.input_scale_bits}")
-
-    def _rotated(self, ct: sealapi.Ciphertext, step: int, galois) -> sealapi.Ciphertext:
-        out = sealapi.Ciphertext()
-        self.runtime.evaluator.rotate_vector(ct, step, galois, out)
-        return out
+        self._check_fresh(ct, what, self.input_scale, self.input_scale_bits)
 
     def _rotate_and_sum(self, ct: sealapi.Ciphertext, steps, galois) -> sealapi.Ciphertext:
         ev = self.runtime.evaluator
@@ -319,15 +297,7 @@ class DeepNetworkPlan(RowCharges):
 
     # --- batch layout ------------------------------------------------------------------------
     def parse_batch_input(self, blob: bytes, what: str) -> seal_raw.RawCiphertext:
-        # The coefficients are read as sent: a compressed frame is refused, never inflated.
-        raw = seal_raw.parse(
-            blob, self.runtime.params.poly_modulus_degree, self.moduli[0], what, allow_compressed=False
-        )
-        if list(raw.parms_id) != list(self.levels[0]):
-            raise EvaluationError(f"{what} is not at the first data level of the model's parameters")
-        if not math.isclose(raw.scale, self.input_scale, rel_tol=1e-9):
-            raise EvaluationError(f"{what} has scale 2^{math.log2(raw.scale):.2f}, expected 2^{self.input_scale_bits}")
-        return raw
+        return self._parse_coefficients(blob, what, self.input_scale, self.input_scale_bits)
 
     def _dense_batch(self, layer: _Dense, inputs: list[np.ndarray]) -> np.ndarray:
         """(n_out, 2, primes, N) coefficients of W_int @ inputs + bias, mod each prime of the level."""

@@ -56,7 +56,8 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from heserve.engine import seal_io, seal_raw
-from heserve.engine.linear import EvaluationError, RowCharges, SealRuntime, next_power_of_two
+from heserve.engine.levels import LeveledPlan
+from heserve.engine.linear import EvaluationError, SealRuntime, next_power_of_two
 from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.packing import PackedLayout
 from heserve.engine.params import CKKSParams, galois_element
@@ -162,7 +163,7 @@ def _scale_bits(weights: np.ndarray, target_bits: int) -> int:
     return int(np.clip(target_bits - 1 - math.ceil(math.log2(largest)), 10, 30))
 
 
-class NetworkPlan(RowCharges):
+class NetworkPlan(LeveledPlan):
     """dense1 [-> act -> dense2], compiled for both layouts."""
 
     batch_reads_coefficients = True
@@ -185,12 +186,7 @@ class NetworkPlan(RowCharges):
         self.n_features = self.W1.shape[1]
         self.n_hidden = self.W1.shape[0]
         self.n_outputs = self.W2.shape[0] if self.two_layers else self.n_hidden
-        data = runtime.context.first_context_data()
-        self.levels, self.moduli = [], []
-        while data is not None:
-            self.levels.append(data.parms_id())
-            self.moduli.append([m.value() for m in data.parms().coeff_modulus()])
-            data = data.next_context_data()
+        self._read_levels()
         q0, qa, qb = self.moduli[0]
         bound = float(layers[-1].get("output_bound", 1.0))
         w1_bits = _scale_bits(self.W1, WEIGHT_BITS_LAYER1)
@@ -225,14 +221,6 @@ class NetworkPlan(RowCharges):
         self._compile_batch()
 
     # --- compilation -------------------------------------------------------------------------
-    def _encode(self, values: np.ndarray | float, scale: float, level: int) -> sealapi.Plaintext:
-        plain = sealapi.Plaintext()
-        if isinstance(values, np.ndarray):
-            self.runtime.encoder.encode(values.astype(np.float64).tolist(), self.levels[level], scale, plain)
-        else:
-            self.runtime.encoder.encode(float(values), self.levels[level], scale, plain)
-        return plain
-
     def _choose_single_scales(self, bound: float) -> None:
         """Input, W1, W2 scales of the single layout, from the hidden scale after the first rescale."""
         slots, lay = self.runtime.slots, self.layout
@@ -414,12 +402,7 @@ class NetworkPlan(RowCharges):
 
         `layout` mirrors LinearPlan.check_input; a network has one single-layout scale.
         """
-        if ct.size() != 2 or not ct.is_ntt_form():
-            raise EvaluationError(f"{what} is not a fresh ciphertext")
-        if ct.parms_id() != self.levels[0]:
-            raise EvaluationError(f"{what} is not at the first data level of the model's parameters")
-        if not math.isclose(ct.scale, self.single_input_scale, rel_tol=1e-9):
-            raise EvaluationError(f"{what} has scale 2^{math.log2(ct.scale):.2f}, expected 2^{self.single_input_bits}")
+        self._check_fresh(ct, what, self.single_input_scale, self.single_input_bits)
 
     def _rotate_and_sum(self, acc: sealapi.Ciphertext, steps, galois) -> None:
         ev = self.runtime.evaluator
@@ -427,11 +410,6 @@ class NetworkPlan(RowCharges):
             rotated = sealapi.Ciphertext()
             ev.rotate_vector(acc, step, galois, rotated)
             ev.add_inplace(acc, rotated)
-
-    def _rotated(self, ct: sealapi.Ciphertext, step: int, galois) -> sealapi.Ciphertext:
-        out = sealapi.Ciphertext()
-        self.runtime.evaluator.rotate_vector(ct, step, galois, out)
-        return out
 
     def _layer1(self, cts: list[sealapi.Ciphertext], galois) -> sealapi.Ciphertext:
         """Steps 1-2 of the module docstring, up to the window sum: T at level 0."""
@@ -495,15 +473,7 @@ class NetworkPlan(RowCharges):
 
     # --- batch layout ------------------------------------------------------------------------
     def parse_batch_input(self, blob: bytes, what: str) -> seal_raw.RawCiphertext:
-        # The coefficients are read as sent: a compressed frame is refused, never inflated.
-        raw = seal_raw.parse(
-            blob, self.runtime.params.poly_modulus_degree, self.moduli[0], what, allow_compressed=False
-        )
-        if list(raw.parms_id) != list(self.levels[0]):
-            raise EvaluationError(f"{what} is not at the first data level of the model's parameters")
-        if not math.isclose(raw.scale, self.input_scale, rel_tol=1e-9):
-            raise EvaluationError(f"{what} has scale 2^{math.log2(raw.scale):.2f}, expected 2^{self.input_scale_bits}")
-        return raw
+        return self._parse_coefficients(blob, what, self.input_scale, self.input_scale_bits)
 
     def _add_constant(self, c0: np.ndarray, residues: np.ndarray, prime: int, q: int) -> None:
         """c0 (rows, N) += residues[:, prime] per row, mod q (a constant polynomial in NTT form)."""

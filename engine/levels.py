@@ -1,0 +1,62 @@
+"""What the network plans share (engine.neural, engine.deep): the chain of data levels of a SEAL
+context, plaintexts encoded at a level, rotations, and the checks of their input ciphertexts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tenseal.sealapi as sealapi
+
+from heserve.engine import seal_raw
+from heserve.engine.linear import EvaluationError, RowCharges, SealRuntime
+
+
+class LeveledPlan(RowCharges):
+    """Base of the network plans; a subclass sets `runtime` and calls `_read_levels()` first."""
+
+    runtime: SealRuntime
+    levels: list  # parms_id of every data level, top first (level = primes dropped)
+    moduli: list[list[int]]  # the primes of every level
+
+    def _read_levels(self) -> None:
+        data = self.runtime.context.first_context_data()
+        self.levels, self.moduli = [], []
+        while data is not None:
+            self.levels.append(data.parms_id())
+            self.moduli.append([m.value() for m in data.parms().coeff_modulus()])
+            data = data.next_context_data()
+
+    def _encode(self, values: np.ndarray | float, scale: float, level: int) -> sealapi.Plaintext:
+        plain = sealapi.Plaintext()
+        if isinstance(values, np.ndarray):
+            self.runtime.encoder.encode(values.astype(np.float64).tolist(), self.levels[level], scale, plain)
+        else:
+            self.runtime.encoder.encode(float(values), self.levels[level], scale, plain)
+        return plain
+
+    def _rotated(self, ct: sealapi.Ciphertext, step: int, galois) -> sealapi.Ciphertext:
+        out = sealapi.Ciphertext()
+        self.runtime.evaluator.rotate_vector(ct, step, galois, out)
+        return out
+
+    def _check_fresh(self, ct: sealapi.Ciphertext, what: str, scale: float, scale_bits: int) -> None:
+        """A single-layout input: fresh (two polynomials, NTT form), top level, the layout's scale."""
+        if ct.size() != 2 or not ct.is_ntt_form():
+            raise EvaluationError(f"{what} is not a fresh ciphertext")
+        if ct.parms_id() != self.levels[0]:
+            raise EvaluationError(f"{what} is not at the first data level of the model's parameters")
+        if not math.isclose(ct.scale, scale, rel_tol=1e-9):
+            raise EvaluationError(f"{what} has scale 2^{math.log2(ct.scale):.2f}, expected 2^{scale_bits}")
+
+    def _parse_coefficients(self, blob: bytes, what: str, scale: float, scale_bits: int) -> seal_raw.RawCiphertext:
+        """A batch input read as raw coefficients: full, uncompressed (a compressed frame is refused,
+        never inflated), top level, the layout's scale."""
+        raw = seal_raw.parse(
+            blob, self.runtime.params.poly_modulus_degree, self.moduli[0], what, allow_compressed=False
+        )
+        if list(raw.parms_id) != list(self.levels[0]):
+            raise EvaluationError(f"{what} is not at the first data level of the model's parameters")
+        if not math.isclose(raw.scale, scale, rel_tol=1e-9):
+            raise EvaluationError(f"{what} has scale 2^{math.log2(raw.scale):.2f}, expected 2^{scale_bits}")
+        return raw
