@@ -582,3 +582,59 @@ def test_quotas_are_shared_by_instances_on_one_redis(tmp_path):
         for url in (first, second):
             response = register(url, SecretContext.generate(spec.ckks), spec.rotation_steps)
             assert_refused(response, 429, "key_quota_exceeded")
+
+
+# --- the N=16384 networks: the costliest requests a key holder can send ------------------------------
+DEEP = "digits-cryptonets"
+
+
+@pytest.fixture(scope="module")
+def deep_worker(tmp_path_factory):
+    """One worker with a 2 s request limit: a deep single row costs ~0.5 s, a batch chunk ~15 s."""
+    proc = start_server(tmp_path_factory.mktemp("deep"), workers=1, max_request_seconds="2")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def deep_key(deep_worker):
+    spec = model_spec(deep_worker.url, DEEP)
+    secret = SecretContext.generate(spec.ckks)
+    response = register(deep_worker.url, secret, spec.rotation_steps, relin_keys=True)
+    assert response.status_code == 201, response.text[:300]
+    return spec, secret, response.json()["key_id"]
+
+
+def test_deep_single_rows_past_the_time_limit_are_stopped_within_a_row(deep_worker, deep_key):
+    """40 rows at ~0.5 s each ask for ~20 s of a worker; the limit stops them at 2 s plus one row."""
+    spec, secret, key_id = deep_key
+    row = encrypt_single(secret, spec, np.zeros(spec.n_features))
+    watch = Watch(deep_worker)
+    started = time.monotonic()
+    response = post_binary(
+        deep_worker.url, f"/v2/models/{DEEP}/infer", infer_message([row] * 40, key_id, "single", [40, 1], 40)
+    )
+    elapsed = time.monotonic() - started
+    assert_refused(response, 413, "deadline_exceeded")
+    assert elapsed < 2 + 2.5, f"the worker spent {elapsed:.1f} s"
+    watch.check(seconds=15, rss_bound=400 * 1024**2)
+
+
+def test_deep_batch_chunks_past_the_time_limit_are_stopped_after_one_chunk(deep_worker, deep_key):
+    """Two full 8,192-row chunks (64 full ciphertexts each, ~200 MB): the limit is checked between
+    chunks, so at most one chunk is evaluated; the worker's memory stays within what one chunk takes."""
+    spec, secret, key_id = deep_key
+    column = secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits, seeded=False)
+    capacity = spec.layouts["batch"].capacity
+    watch = Watch(deep_worker)
+    started = time.monotonic()
+    response = post_binary(
+        deep_worker.url,
+        f"/v2/models/{DEEP}/infer",
+        infer_message([column] * (2 * spec.n_features), key_id, "batch", [2, spec.n_features], 2 * capacity),
+    )
+    elapsed = time.monotonic() - started
+    assert_refused(response, 413, "deadline_exceeded")
+    watch.check(seconds=elapsed + 1, rss_bound=3 * 1024**3)
+    # One chunk, not two: the first chunk alone takes ~15 s here; two would take twice that.
+    assert elapsed < 45, f"the worker spent {elapsed:.1f} s"
