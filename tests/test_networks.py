@@ -179,7 +179,7 @@ def test_a_two_activation_network_compiles_to_n16384_and_runs_encrypted(tmp_path
 
 def test_a_network_too_deep_for_any_ring_is_refused_by_name(tmp_path):
     from heserve.engine.compiler import CompileError
-    from heserve.server.service.registry import compile_network
+    from heserve.server.service.registry import network_plan
 
     layers, arrays = [], {}
     for i in range(16):  # 16 dense layers, 15 activations: depth 31
@@ -188,7 +188,7 @@ def test_a_network_too_deep_for_any_ring_is_refused_by_name(tmp_path):
             layers.append({"type": "act", "beta": 0.0})
         layers.append({"type": "dense", "weights": f"W{i}", "bias": f"b{i}"})
     with pytest.raises(CompileError, match=r"depth 31 does not fit at 128-bit security .*N=32768 allows \d+ levels"):
-        compile_network({"layers": layers, "output_bound": 2.0}, arrays, lambda params: None)
+        network_plan({"layers": layers, "output_bound": 2.0}, arrays, lambda params: None)
 
 
 def test_sklearn_models_export_through_the_same_path(tmp_path):

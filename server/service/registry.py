@@ -67,7 +67,7 @@ class ModelRegistry:
         return self.runtimes.get(params)
 
 
-def compile_network(manifest: dict, arrays: dict[str, np.ndarray], runtime_for) -> Plan:
+def network_plan(manifest: dict, arrays: dict[str, np.ndarray], runtime_for) -> Plan:
     """One activation: the packed two-layer plan (engine.neural, the fastest for that shape);
     more: the leveled plan for any depth (engine.deep), with the parameters its compiler chooses."""
     layers = manifest["layers"]
@@ -96,7 +96,7 @@ def load_registry(models_dir: Path) -> ModelRegistry:
                 runtimes[LINEAR_PARAMS],
             )
         elif kind == "network":
-            plan = compile_network(art.manifest, art.arrays, runtime_for)
+            plan = network_plan(art.manifest, art.arrays, runtime_for)
         else:
             log.warning("skipping model %s of unsupported kind %r", art.name, kind)
             continue
