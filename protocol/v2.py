@@ -108,6 +108,7 @@ class Message:
     parameters: dict = field(default_factory=dict)
     id: str | None = None
     model_name: str | None = None
+    model_version: str | None = None
     outputs_requested: list[dict] | None = None
 
 
@@ -387,23 +388,62 @@ def decode(
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
-    outputs_requested = header.get("outputs") if tensor_key == "inputs" else None
+    outputs_requested = _requested_outputs(header.get("outputs")) if tensor_key == "inputs" else None
     return Message(
         tensors=tensors,
         parameters=parameters,
         id=request_id,
         model_name=header.get("model_name") if isinstance(header.get("model_name"), str) else None,
-        outputs_requested=outputs_requested if isinstance(outputs_requested, list) else None,
+        model_version=header.get("model_version") if isinstance(header.get("model_version"), str) else None,
+        outputs_requested=outputs_requested,
     )
 
 
-def encode(message: Message, tensor_key: str, binary: bool) -> tuple[bytes, int | None]:
-    """Serialize a message; returns (body, header_length or None for pure JSON)."""
+def _requested_outputs(entries: object) -> list[dict] | None:
+    """A request's `outputs`: a list of {"name", "parameters"?} objects, each name once."""
+    if entries is None:
+        return None
+    if not isinstance(entries, list):
+        raise ProtocolError("'outputs' must be a list of objects")
+    seen = set()
+    for index, entry in enumerate(entries):
+        where = f"outputs[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ProtocolError(f"{where} must be an object with a non-empty 'name'")
+        if entry["name"] in seen:
+            raise ProtocolError(f"{where}: output {entry['name']!r:.60} is requested twice")
+        seen.add(entry["name"])
+        params = entry.get("parameters", {})
+        if not isinstance(params, dict):
+            raise ProtocolError(f"{where}: 'parameters' must be an object")
+        if "binary_data" in params and not isinstance(params["binary_data"], bool):
+            raise ProtocolError(f"{where}: parameters.binary_data must be true or false")
+    return entries
+
+
+def binary_outputs(request: Message, names: list[str]) -> set[str]:
+    """Which of the response's outputs go in binary, as the binary tensor extension has it: an output's
+    own `binary_data` if the request names it with one, else the request's `binary_data_output`
+    (default false: JSON)."""
+    default = request.parameters.get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise ProtocolError("parameter 'binary_data_output' must be true or false")
+    chosen = {e["name"]: e.get("parameters", {}).get("binary_data") for e in request.outputs_requested or []}
+    return {name for name in names if (default if chosen.get(name) is None else chosen[name])}
+
+
+def encode(message: Message, tensor_key: str, binary: bool | set[str]) -> tuple[bytes, int | None]:
+    """Serialize a message; returns (body, header_length or None for pure JSON).
+
+    `binary`: every tensor in binary (True), none (False), or the tensors of these names."""
+    binary_names = {t.name for t in message.tensors} if binary is True else (binary or set())
     header: dict[str, Any] = {}
     if message.id is not None:
         header["id"] = message.id
     if message.model_name is not None:
         header["model_name"] = message.model_name
+    if message.model_version is not None:
+        header["model_version"] = message.model_version
     if message.parameters:
         header["parameters"] = message.parameters
     entries = []
@@ -411,7 +451,7 @@ def encode(message: Message, tensor_key: str, binary: bool) -> tuple[bytes, int 
     for tensor in message.tensors:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         params = dict(tensor.parameters)
-        if binary:
+        if tensor.name in binary_names:
             if tensor.datatype == "BYTES":
                 blob = _pack_bytes_elements(list(tensor.data))
             else:
@@ -428,6 +468,6 @@ def encode(message: Message, tensor_key: str, binary: bool) -> tuple[bytes, int 
         entries.append(entry)
     header[tensor_key] = entries
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    if not binary:
+    if not blobs:
         return header_bytes, None
     return header_bytes + b"".join(blobs), len(header_bytes)

@@ -8,9 +8,12 @@ Every flag can also be set as an HESERVE_* environment variable (HESERVE_PORT, .
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from heserve.server.service.config import ENV_PREFIX, KEY_STORES, ServerConfig
@@ -91,22 +94,71 @@ def main(argv: list[str] | None = None) -> None:
     for stale in Path(metrics_dir).glob("*.db"):
         stale.unlink()
     env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    # Fail here, with a readable message, rather than in every worker.
-    from heserve.server.service.registry import load_registry
-
-    load_registry(config.models_dir)
-    from heserve.server.service.auth import APIKeys
-
-    APIKeys.load(config.api_keys_file, config.api_keys)
-    _check_key_store(config)
+    # The workers' shared repository state (models an operator unloaded) lives as long as this server.
+    if not env.get(ENV_PREFIX + "RUN_DIR"):
+        env[ENV_PREFIX + "RUN_DIR"] = tempfile.mkdtemp(prefix="heserve-run-")
+        env["HESERVE_RUN_DIR_OWNED"] = "1"
+    _json_logging(config.log_level)
     conf = config.gunicorn_config_file or Path(__file__).parent / "web" / "gunicorn_conf.py"
+    try:
+        startup = _startup_record(config)
+    except Exception as exc:  # a models directory that is not there, an API key file that is wrong
+        _fail(f"{type(exc).__name__}: {exc}")
     if not conf.is_file():
-        sys.exit(f"error: gunicorn configuration {conf} not found")
+        _fail(f"gunicorn configuration {conf} not found")
+    logging.getLogger("heserve.startup").info(startup)
     command = [sys.executable, "-m", "gunicorn", "-c", str(conf), "heserve.server.web.app:create_app()"]
     os.execvpe(command[0], command, env)
 
 
-def _check_key_store(config: ServerConfig) -> None:
+def _json_logging(level: str) -> None:
+    """Every line this process writes on stderr is one JSON object, as the workers' are."""
+    from heserve.server.web.audit import JSONLineFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONLineFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _fail(message: str) -> None:
+    logging.getLogger("heserve.startup").critical(message)
+    sys.exit(2)
+
+
+def _startup_record(config: ServerConfig) -> dict:
+    """The one start-up line: what is served and how. Loading here also reports every bad artifact
+    (one JSON line each) before a worker starts; none of them stops the server."""
+    from heserve.server.service.auth import APIKeys
+    from heserve.server.service.quotas import QuotaLimits
+    from heserve.server.service.registry import load_registry
+
+    registry = load_registry(config.models_dir)
+    api_keys = APIKeys.load(config.api_keys_file, config.api_keys)
+    models: dict[str, dict] = {}
+    for row in registry.index():
+        model = models.setdefault(row["name"], {"name": row["name"], "versions": [], "unavailable": []})
+        if row["state"] == "READY":
+            model["versions"].append(row["version"])
+        else:
+            model["unavailable"].append({"version": row["version"], "reason": row["reason"]})
+    return {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "level": "info",
+        "event": "startup",
+        "listen": f"{config.host}:{config.port}",
+        "workers": config.effective_workers(),
+        "models_dir": str(config.models_dir),
+        "models": list(models.values()),
+        "key_store": {"kind": config.key_store, "ttl_seconds": config.key_ttl_seconds, "up": _key_store_up(config)},
+        "authentication": api_keys.describe(),
+        "plaintext_inference": config.allow_plaintext,
+        "quotas": asdict(QuotaLimits.from_config(config)),
+    }
+
+
+def _key_store_up(config: ServerConfig) -> bool:
     """A key store that is down at start is reported, not fatal: the server answers 503 until it returns."""
     from heserve.server.service.keystore import KeyStoreUnavailable
     from heserve.server.service.services import open_key_store
@@ -114,7 +166,10 @@ def _check_key_store(config: ServerConfig) -> None:
     try:
         open_key_store(config).ping()
     except KeyStoreUnavailable as exc:
-        print(f"warning: {exc}; not ready until it answers", file=sys.stderr)
+        logging.getLogger("heserve.startup").warning("%s; not ready until it answers", exc)
+        return False
+    return True
+
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def test_wrong_shapes_and_counts(server, keyed):
     # two tensors
     message = infer_message([blob], key_id)
     message.tensors.append(message.tensors[0])
-    assert_error(post_binary(server.url, url, message), 400, "one BYTES tensor")
+    assert_error(post_binary(server.url, url, message), 400, "'ciphertext' is given 2 times")
 
 
 def test_malformed_bodies_and_headers(server):
@@ -141,7 +141,8 @@ def test_plaintext_shape_and_values(server):
     url = f"{server.url}/v2/models/{MODEL}/infer"
     for data, shape, fragment in [
         ([0.0] * 29, [1, 29], "shape"),
-        ([0.0] * 30, [30], ""),  # a single row as a 1-D tensor is accepted
+        ([0.0] * 30, [30], "shape"),  # the metadata says [-1, 30]: a 1-D tensor is refused, not guessed at
+        ([0.0] * 30, [1, 30], ""),
     ]:
         body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": data}]}
         response = requests.post(url, json=body, timeout=10)

@@ -70,8 +70,23 @@ def test_api_key_parsing_and_constant_time_lookup(tmp_path):
     assert APIKeys.load(None, "").tenant(None) == ""  # no keys configured: open, one tenant
     bad = tmp_path / "bad"
     bad.write_text("only-one-field\n")
-    with pytest.raises(ValueError, match="expected 'tenant key'"):
+    with pytest.raises(ValueError, match="expected 'tenant key"):
         APIKeys.load(bad)
+
+
+def test_api_key_roles(tmp_path):
+    """`operator` is the one role; a key without one is an ordinary tenant; a key may hold colons."""
+    keys = APIKeys.load(None, f"a:{ALICE},ops:s3:cr3t:operator")
+    assert keys.identify(f"Bearer {ALICE}") == ("a", "tenant")
+    assert keys.identify("Bearer s3:cr3t") == ("ops", "operator")
+    listed = tmp_path / "keys"
+    listed.write_text(f"a {ALICE}\nops sha256:{hashlib.sha256(BOB.encode()).hexdigest()} operator\n")
+    keys = APIKeys.load(listed)
+    assert keys.identify(f"Bearer {BOB}") == ("ops", "operator")
+    assert keys.describe() == {"mode": "api_keys", "tenants": 2, "keys": 2, "operator_keys": 1}
+    listed.write_text(f"a {ALICE} admin\n")
+    with pytest.raises(ValueError, match="role must be one of"):
+        APIKeys.load(listed)
 
 
 def test_metrics_need_an_api_key_unless_exempted(secured, tmp_path):

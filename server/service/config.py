@@ -57,6 +57,9 @@ class ServerConfig:
     auth_exempt_health: bool = True
     auth_exempt_metrics: bool = False  # true where only the network (not an API key) guards /metrics
     gunicorn_config_file: Path | None = None  # None: server/gunicorn_conf.py; deploy/gunicorn.conf.py extends it
+    # State the workers of one server share (models an operator unloaded); heserve-server makes a fresh
+    # one per start. None: kept in memory (an application built in process).
+    run_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> ServerConfig:
@@ -86,7 +89,7 @@ def _coerce(name: str, current: object, raw: str) -> object:
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"{ENV_PREFIX}{name.upper()} must be true or false, got {raw!r}")
-    if isinstance(current, Path) or name.endswith("_file"):
+    if isinstance(current, Path) or name.endswith(("_file", "_dir")):
         return Path(raw) if raw else None
     try:
         return type(current)(raw)

@@ -25,7 +25,7 @@ class BadRequest(ServiceError):
 
 
 class NotFound(ServiceError):
-    pass
+    code = "not_found"
 
 
 class KeyNotFound(NotFound):
@@ -35,11 +35,17 @@ class KeyNotFound(NotFound):
 
 
 class Forbidden(ServiceError):
-    pass
+    code = "forbidden"
 
 
 class Unauthorized(ServiceError):
-    pass
+    code = "unauthorized"
+
+
+class UnsupportedMediaType(ServiceError):
+    """A body in a format the route does not take (its Content-Type)."""
+
+    code = "unsupported_media_type"
 
 
 class PayloadTooLarge(ServiceError):
@@ -50,3 +56,5 @@ class PayloadTooLarge(ServiceError):
 
 class RequestTimeout(ServiceError):
     """The request body did not arrive in time."""
+
+    code = "request_timeout"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import tenseal.sealapi as sealapi
@@ -19,6 +20,27 @@ from heserve.server.service.keystore import KEY_ID_PATTERN
 from heserve.server.service.registry import ServedModel
 
 CIPHERTEXT = "ciphertext"
+INPUT = "input"
+OUTPUT = "output"
+# Plaintext inputs: the metadata's FP32, and FP64 converted to FP32 (what stock clients send from
+# float64 arrays); every other datatype is refused rather than guessed at.
+PLAINTEXT_DATATYPES = ("FP32", "FP64")
+PHASES = ("compute_input", "compute_infer", "compute_output")
+
+
+@dataclass
+class PhaseTimes:
+    """Nanoseconds spent in each phase of one request (the statistics extension's phases)."""
+
+    ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            self.ns[name] += time.perf_counter_ns() - started
 
 
 @dataclass(frozen=True)
@@ -74,50 +96,98 @@ def infer(
 
     `charge_rows` is called with the number of rows the request's ciphertexts can answer
     (not the number the client claims) after the request is checked and before it is
-    evaluated; it raises to refuse the request (a tenant's quota).
+    evaluated; it raises to refuse the request (a tenant's quota). `info` receives the
+    layout, key id, rows answered and the time spent per phase (PhaseTimes).
     """
-    try:
-        request = v2.decode(
-            body, header_length, "inputs", max_elements=limits.max_elements, max_bytes_elements=limits.max_ciphertexts
-        )
-    except v2.ProtocolError as exc:
-        raise BadRequest(str(exc), code=exc.code) from None
-    if info is not None:
-        info["layout"] = str(request.parameters.get("layout", "single")) if "key_id" in request.parameters else "plain"
-        key_id = request.parameters.get("key_id")
-        if isinstance(key_id, str) and KEY_ID_PATTERN.match(key_id):
-            info["key_id"] = key_id  # for the audit line; anything else is not a key id worth logging
+    info = info if info is not None else {}
+    times = info.setdefault("times", PhaseTimes())
+    with times.phase("compute_input"):
+        try:
+            request = v2.decode(
+                body,
+                header_length,
+                "inputs",
+                max_elements=limits.max_elements,
+                max_bytes_elements=limits.max_ciphertexts,
+            )
+        except v2.ProtocolError as exc:
+            raise BadRequest(str(exc), code=exc.code) from None
+    encrypted = "key_id" in request.parameters
+    info["layout"] = str(request.parameters.get("layout", "single")) if encrypted else "plain"
+    key_id = request.parameters.get("key_id")
+    if isinstance(key_id, str) and KEY_ID_PATTERN.match(key_id):
+        info["key_id"] = key_id  # for the audit line; anything else is not a key id worth logging
+    output_name = CIPHERTEXT if encrypted else OUTPUT
+    binary = _output_format(request, output_name, encrypted)
     charge = charge_rows or (lambda rows: None)
-    if "key_id" in request.parameters:
-        response = _infer_encrypted(model, keys, request, limits, owner, charge)
-        binary = True
+    if encrypted:
+        response = _infer_encrypted(model, keys, request, limits, owner, charge, times)
     else:
         if not limits.allow_plaintext:
             raise Forbidden("plaintext inference is disabled on this server; send ciphertexts")
-        response = _infer_plaintext(model, request, charge)
-        binary = header_length is not None
+        with times.phase("compute_infer"):
+            response = _infer_plaintext(model, request, charge)
+    info["rows"] = response.parameters["rows"] if encrypted else response.tensors[0].shape[0]
     response.model_name = model.name
+    response.model_version = model.version
     response.id = request.id
-    return v2.encode(response, "outputs", binary=binary)
+    with times.phase("compute_output"):
+        return v2.encode(response, "outputs", binary=binary)
+
+
+def _output_format(request: v2.Message, output_name: str, encrypted: bool) -> set[str]:
+    """The outputs to answer in binary; refuses outputs the model does not have."""
+    for entry in request.outputs_requested or []:
+        if entry["name"] != output_name:
+            raise BadRequest(
+                f"no output {entry['name']!r:.60} here: this request's one output is {output_name!r}",
+                code="unknown_output",
+            )
+    try:
+        binary = v2.binary_outputs(request, [output_name])
+    except v2.ProtocolError as exc:
+        raise BadRequest(str(exc), code="bad_parameter") from None
+    if encrypted:
+        chosen = [e.get("parameters", {}).get("binary_data") for e in request.outputs_requested or []]
+        if False in chosen:
+            raise BadRequest(
+                f"output {CIPHERTEXT!r} holds ciphertexts, which have no JSON form: request it with binary_data true",
+                code="binary_required",
+            )
+        return {CIPHERTEXT}  # ciphertexts always travel in binary
+    return binary
+
+
+def _one_input(model: ServedModel, request: v2.Message, name: str, datatypes: tuple[str, ...]) -> v2.Tensor:
+    """The request's one input, which must carry the expected name and one of `datatypes`."""
+    names = [t.name for t in request.tensors]
+    unknown = [n for n in names if n != name]
+    if unknown:
+        raise BadRequest(
+            f"model {model.name!r} has no input {unknown[0]!r:.60}; this request takes one input, {name!r}",
+            code="unknown_input",
+        )
+    if len(names) > 1:
+        raise BadRequest(f"input {name!r} is given {len(names)} times", code="duplicate_input")
+    tensor = request.tensors[0]
+    if tensor.datatype not in datatypes:
+        accepted = " or ".join(datatypes)
+        raise BadRequest(f"input {name!r} must be {accepted}, got {tensor.datatype}", code="bad_datatype")
+    return tensor
 
 
 def _infer_plaintext(model: ServedModel, request: v2.Message, charge: Callable[[int], None]) -> v2.Message:
-    if len(request.tensors) != 1:
-        raise BadRequest(f"model {model.name!r} takes one input tensor, got {len(request.tensors)}")
-    tensor = request.tensors[0]
-    if tensor.datatype not in ("FP32", "FP64"):
-        raise BadRequest(f"input {tensor.name!r} must be FP32 (or FP64), got {tensor.datatype}")
-    x = np.asarray(tensor.data, dtype=np.float64)
+    tensor = _one_input(model, request, INPUT, PLAINTEXT_DATATYPES)
     n = model.plan.n_features
-    if x.ndim == 1:
-        x = x.reshape(1, -1)
-    if x.ndim != 2 or x.shape[1] != n:
-        raise BadRequest(f"input {tensor.name!r} must have shape [rows, {n}], got {tensor.shape}")
+    if len(tensor.shape) != 2 or tensor.shape[1] != n or tensor.shape[0] < 1:
+        raise BadRequest(f"input {INPUT!r} must have shape [rows, {n}] with rows >= 1, got {tensor.shape}", "bad_shape")
+    with np.errstate(over="ignore"):  # an FP64 value beyond FP32's range becomes inf, refused below
+        x = np.asarray(tensor.data, dtype=np.float32).astype(np.float64)
     if not np.all(np.isfinite(x)):
-        raise BadRequest(f"input {tensor.name!r} contains NaN or infinite values")
+        raise BadRequest(f"input {INPUT!r} contains values that are NaN, infinite or beyond FP32", "bad_data")
     charge(x.shape[0])
     y = model.plaintext_predict(x).astype(np.float32)
-    return v2.Message([v2.Tensor("output", "FP32", list(y.shape), y)])
+    return v2.Message([v2.Tensor(OUTPUT, "FP32", list(y.shape), y)])
 
 
 def _int_param(parameters: dict, name: str) -> int:
@@ -134,7 +204,66 @@ def _infer_encrypted(
     limits: InferenceLimits,
     owner: str,
     charge: Callable[[int], None],
+    times: PhaseTimes,
 ) -> v2.Message:
+    with times.phase("compute_input"):
+        tensor, layout, record, eval_keys, rows, per_row, chunks = _prepare_encrypted(
+            model, keys, request, limits, owner, charge
+        )
+    deadline = Deadline(limits.deadline_seconds)
+    plan = model.plan
+    runtime = plan.runtime
+    outputs: list[bytes] = []
+    if layout == SINGLE:
+        for row in range(rows):
+            deadline.check()
+            with times.phase("compute_input"):
+                cts = [
+                    _load_ciphertext(runtime, blob, f"ciphertext [{row}, {j}]", plan, SINGLE)
+                    for j, blob in enumerate(tensor.data[row * per_row : (row + 1) * per_row])
+                ]
+            with times.phase("compute_infer"):
+                results = _evaluate(lambda c=cts: plan.evaluate_single(c, eval_keys))
+            with times.phase("compute_output"):
+                outputs.extend(_rerandomized(runtime, results, eval_keys))
+        shape = [rows] if plan.single_results == 1 else [rows, plan.single_results]
+        out_params = {"layout": SINGLE, "rows": rows}
+    else:
+        rows = request.parameters["rows"]
+        capacity = runtime.slots
+        for chunk in range(chunks):
+            deadline.check()
+            chunk_rows = min(capacity, rows - chunk * capacity)
+            blobs = tensor.data[chunk * plan.n_features : (chunk + 1) * plan.n_features]
+            with times.phase("compute_input"):
+                if plan.batch_reads_coefficients:
+                    cts = [
+                        _evaluate(lambda b=blob, w=f"ciphertext [{chunk}, {j}]": plan.parse_batch_input(b, w))
+                        for j, blob in enumerate(blobs)
+                    ]
+                else:
+                    cts = [
+                        _load_ciphertext(runtime, blob, f"ciphertext [{chunk}, {j}]", plan, BATCH)
+                        for j, blob in enumerate(blobs)
+                    ]
+            with times.phase("compute_infer"):
+                results = _evaluate(lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r, eval_keys))
+            with times.phase("compute_output"):
+                outputs.extend(_rerandomized(runtime, results, eval_keys))
+        shape = [chunks, plan.n_outputs]
+        out_params = {"layout": BATCH, "rows": rows}
+    return v2.Message([v2.Tensor(CIPHERTEXT, "BYTES", shape, outputs)], parameters=out_params)
+
+
+def _prepare_encrypted(
+    model: ServedModel,
+    keys: KeyService,
+    request: v2.Message,
+    limits: InferenceLimits,
+    owner: str,
+    charge: Callable[[int], None],
+):
+    """Everything settled before the first ciphertext is parsed: shape, counts, key, quota."""
     params = request.parameters
     key_id, layout = params.get("key_id"), params.get("layout", SINGLE)
     if not isinstance(key_id, str):
@@ -143,11 +272,7 @@ def _infer_encrypted(
         raise BadRequest(
             f"parameter 'layout' must be one of {list(model.spec.layouts)}, got {layout!r}", code="bad_parameter"
         )
-    if len(request.tensors) != 1 or request.tensors[0].datatype != "BYTES":
-        raise BadRequest(
-            f"an encrypted request carries one BYTES tensor of ciphertexts ({CIPHERTEXT!r})", code="bad_tensor"
-        )
-    tensor = request.tensors[0]
+    tensor = _one_input(model, request, CIPHERTEXT, ("BYTES",))
     plan = model.plan
     # Shapes, counts and the tenant's share are settled before any key or ciphertext is parsed.
     if layout == SINGLE:
@@ -185,49 +310,15 @@ def _infer_encrypted(
             code="key_mismatch",
         )
     charge(answerable)
-    deadline = Deadline(limits.deadline_seconds)
     eval_keys = keys.load(record)
     if eval_keys.public is None:
         raise BadRequest(
             f"key {key_id!r} has no public key, which every result is re-randomized with; register your keys again",
             code="key_mismatch",
         )
-    runtime = plan.runtime
     if layout == SINGLE:
-        outputs = []
-        for row in range(rows):
-            deadline.check()
-            cts = [
-                _load_ciphertext(runtime, blob, f"ciphertext [{row}, {j}]", plan, SINGLE)
-                for j, blob in enumerate(tensor.data[row * per_row : (row + 1) * per_row])
-            ]
-            results = _evaluate(lambda c=cts: plan.evaluate_single(c, eval_keys))
-            outputs.extend(_rerandomized(runtime, results, eval_keys))
-        shape = [rows] if plan.single_results == 1 else [rows, plan.single_results]
-        out_params = {"layout": SINGLE, "rows": rows}
-    else:
-        rows = params["rows"]
-        capacity = runtime.slots
-        outputs = []
-        for chunk in range(chunks):
-            deadline.check()
-            chunk_rows = min(capacity, rows - chunk * capacity)
-            blobs = tensor.data[chunk * plan.n_features : (chunk + 1) * plan.n_features]
-            if plan.batch_reads_coefficients:
-                cts = [
-                    _evaluate(lambda b=blob, w=f"ciphertext [{chunk}, {j}]": plan.parse_batch_input(b, w))
-                    for j, blob in enumerate(blobs)
-                ]
-            else:
-                cts = [
-                    _load_ciphertext(runtime, blob, f"ciphertext [{chunk}, {j}]", plan, BATCH)
-                    for j, blob in enumerate(blobs)
-                ]
-            results = _evaluate(lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r, eval_keys))
-            outputs.extend(_rerandomized(runtime, results, eval_keys))
-        shape = [chunks, plan.n_outputs]
-        out_params = {"layout": BATCH, "rows": rows}
-    return v2.Message([v2.Tensor(CIPHERTEXT, "BYTES", shape, outputs)], parameters=out_params)
+        return tensor, layout, record, eval_keys, rows, per_row, 0
+    return tensor, layout, record, eval_keys, 0, 0, chunks
 
 
 def _rerandomized(runtime, results: list, eval_keys) -> list[bytes]:

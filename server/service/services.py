@@ -10,6 +10,7 @@ from heserve.server.service.keys import KeyObserver, KeyService
 from heserve.server.service.keystore import DiskKeyStore, KeyCache, KeyStore, Sweeper
 from heserve.server.service.quotas import QuotaLimits, Quotas
 from heserve.server.service.registry import ModelRegistry, load_registry
+from heserve.server.service.repository import Repository, RepositoryState
 
 
 @dataclass
@@ -19,19 +20,21 @@ class Services:
     keys: KeyService
     api_keys: APIKeys
     quotas: Quotas
+    repository: Repository
     sweeper: Sweeper | None = None
 
     @classmethod
     def build(cls, config: ServerConfig, sweep: bool = True, observer: KeyObserver | None = None) -> Services:
         """`sweep`: erase expired keys from a background thread (each worker runs one).
         `observer`: told of key loads and cache hits (the HTTP layer's metrics)."""
-        registry = load_registry(config.models_dir)
+        state = RepositoryState(config.run_dir)
+        registry = load_registry(config.models_dir, skip=state.unloaded())
         store = open_key_store(config)
         quotas = Quotas(QuotaLimits.from_config(config), open_quota_store(config))
         keys = KeyService(store, KeyCache(config.key_cache_bytes), registry, quotas, observer)
         api_keys = APIKeys.load(config.api_keys_file, config.api_keys)
         sweeper = Sweeper(store, config.key_sweep_interval_seconds).start() if sweep else None
-        return cls(config, registry, keys, api_keys, quotas, sweeper)
+        return cls(config, registry, keys, api_keys, quotas, Repository(registry, state), sweeper)
 
 
 def open_key_store(config: ServerConfig) -> KeyStore:

@@ -8,7 +8,7 @@ from flask import Flask
 
 from heserve.server.service.config import ServerConfig
 from heserve.server.service.services import Services
-from heserve.server.web import audit, metrics
+from heserve.server.web import audit, extensions, metrics
 from heserve.server.web.errors import register_error_handlers
 from heserve.server.web.routes import bp
 
@@ -24,5 +24,6 @@ def create_app(config: ServerConfig | None = None) -> Flask:
     register_error_handlers(app)
     audit.install(app)
     app.register_blueprint(bp)
+    app.register_blueprint(extensions.bp)
     logging.getLogger("heserve").setLevel(config.log_level.upper())
     return app

@@ -44,9 +44,13 @@ def install(app: Flask) -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
 
+    metrics = app.extensions["heserve.metrics"]
+
     @app.before_request
     def start() -> None:
         g.started = time.perf_counter()
+        metrics.inflight.inc()
+        g.inflight = True
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         g.request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
 
@@ -57,9 +61,13 @@ def install(app: Flask) -> None:
         view_args = request.view_args or {}
         route = request.url_rule.rule if request.url_rule else "unmatched"
         bytes_out = response.calculate_content_length() or 0
-        app.extensions["heserve.metrics"].observe(
-            route, request.method, response.status_code, request.content_length or 0, bytes_out
-        )
+        metrics.observe(route, request.method, response.status_code, request.content_length or 0, bytes_out)
+        model = g.get("model")
+        if model is not None:  # an inference request that reached a model: the statistics extension
+            elapsed_ns = int((time.perf_counter() - g.get("started", time.perf_counter())) * 1e9)
+            metrics.observe_inference(
+                model.name, model.version, response.status_code < 400, elapsed_ns, g.get("inference") or {}
+            )
         logger.info(
             {
                 "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -72,9 +80,16 @@ def install(app: Flask) -> None:
                 # From the path, or set by the route (inference and registration carry it in the body).
                 "key_id": view_args.get("key_id") or g.get("audit_key_id"),
                 "status": response.status_code,
+                # The machine-readable code of a refusal (absent on success): what an alert groups by.
+                "code": g.get("error_code"),
                 "bytes_in": request.content_length or 0,
                 "bytes_out": bytes_out,
                 "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1e3, 2),
             }
         )
         return response
+
+    @app.teardown_request
+    def done(exc: BaseException | None) -> None:
+        if g.pop("inflight", False):
+            metrics.inflight.dec()

@@ -20,6 +20,7 @@ from heserve.server.service.errors import (
     RequestTimeout,
     ServiceError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from heserve.server.service.keystore import KeyStoreUnavailable
 from heserve.server.service.quotas import QuotaExceeded
@@ -31,6 +32,7 @@ STATUSES: tuple[tuple[type[ServiceError], int], ...] = (
     (QuotaExceeded, 429),
     (RequestTimeout, 408),
     (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
     (Unauthorized, 401),
     (Forbidden, 403),
     (NotFound, 404),
@@ -45,8 +47,23 @@ def status_for(exc: ServiceError) -> int:
     return 400
 
 
+# Codes for the refusals werkzeug makes itself (no route, wrong method, body over the limit).
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "body_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
+
+
 def _body(message: str, status: int, code: str | None = None):
-    response = jsonify({"error": message, "code": code} if code else {"error": message})
+    code = code or HTTP_CODES.get(status, "http_error")
+    g.error_code = code  # for the audit line
+    response = jsonify({"error": message, "code": code})
     response.status_code = status
     return response
 
@@ -85,6 +102,7 @@ def register_error_handlers(app: Flask) -> None:
         # A server fault: the traceback goes to the log, the client gets the request id to quote.
         request_id = getattr(g, "request_id", None)
         log.error("unhandled %s", type(exc).__name__, exc_info=exc, extra={"request_id": request_id})
+        g.error_code = "internal"
         response = jsonify({"error": "internal server error", "code": "internal", "request_id": request_id})
         response.status_code = 500
         return response

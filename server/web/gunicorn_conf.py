@@ -71,13 +71,24 @@ def post_request(worker, req, environ, resp):
         worker.alive = False
 
 
-def on_exit(server):
-    """Remove the metrics directory `heserve-server` made for this master (an operator's is kept)."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory and os.environ.get("HESERVE_METRICS_DIR_OWNED") == "1":
-        import shutil
+def on_reload(server):
+    """SIGHUP: new workers start with the models directory as it is now (new versions, repaired or
+    removed artifacts; models an operator unloaded stay unloaded) and the old ones finish their
+    requests first."""
+    server.log.info("SIGHUP: reloading; new workers load the models directory afresh, old workers finish first")
 
-        shutil.rmtree(directory, ignore_errors=True)
+
+def on_exit(server):
+    """Remove the metrics and run directories `heserve-server` made for this master (an operator's are kept)."""
+    import shutil
+
+    for variable, owned in (
+        ("PROMETHEUS_MULTIPROC_DIR", "HESERVE_METRICS_DIR_OWNED"),
+        ("HESERVE_RUN_DIR", "HESERVE_RUN_DIR_OWNED"),
+    ):
+        directory = os.environ.get(variable)
+        if directory and os.environ.get(owned) == "1":
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def child_exit(server, worker):

@@ -60,6 +60,9 @@ def document() -> dict:
             "responses": {"200": _json("model metadata"), **_errors(401, 404)},
         }
     }
+    unavailable = {"503": _json("known but unavailable (unloaded, or its artifact failed to load), with the reason")}
+    ready_get = {"get": {**model_get["get"], "responses": {**model_get["get"]["responses"], **unavailable}}}
+    ready_ver_get = {"get": {**model_ver_get["get"], "responses": {**model_ver_get["get"]["responses"], **unavailable}}}
     infer = {
         "requestBody": {"required": True, "content": {"application/json": {"schema": infer_request}, **binary}},
         "responses": {
@@ -67,9 +70,33 @@ def document() -> dict:
                 "description": "outputs (JSON, or binary extension for ciphertexts)",
                 "content": {"application/json": {"schema": {"type": "object"}}, **binary},
             },
-            **_errors(400, 401, 403, 404, 408, 413, 429, 503),
+            **_errors(400, 401, 403, 404, 408, 413, 415, 429, 503),
         },
     }
+    control_body = {
+        "required": False,
+        "content": {
+            "application/json": {"schema": {"type": "object", "properties": {"parameters": {"type": "object"}}}}
+        },
+    }
+    control = {
+        "post": {
+            "parameters": [_path_param("name")],
+            "requestBody": control_body,
+            "responses": {"200": _json("done"), **_errors(400, 401, 403, 404, 413, 415, 429)},
+        }
+    }
+    index_row = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+            "reason": {"type": "string"},
+        },
+    }
+    index = {"200": _json("every model in the repository", {"type": "array", "items": index_row})}
+    stats = {"200": _json("statistics (Triton's shape), totals of every worker"), **_errors(401, 404, 429)}
     return {
         "openapi": "3.0.3",
         "info": {
@@ -103,11 +130,44 @@ def document() -> dict:
             "/v2/models": {"get": {"responses": {"200": _json("model index"), **_errors(401)}}},
             "/v2/models/{name}": model_get,
             "/v2/models/{name}/versions/{version}": model_ver_get,
-            "/v2/models/{name}/ready": model_get,
-            "/v2/models/{name}/versions/{version}/ready": model_ver_get,
+            "/v2/models/{name}/ready": ready_get,
+            "/v2/models/{name}/versions/{version}/ready": ready_ver_get,
             "/v2/models/{name}/infer": {"post": {"parameters": [_path_param("name"), header], **infer}},
             "/v2/models/{name}/versions/{version}/infer": {
                 "post": {"parameters": [_path_param("name"), _path_param("version"), header], **infer}
+            },
+            "/v2/repository/index": {
+                "get": {"responses": {**index, **_errors(401, 429)}},
+                "post": {
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}
+                            }
+                        },
+                    },
+                    "responses": {**index, **_errors(400, 401, 413, 415, 429)},
+                },
+            },
+            "/v2/repository/models/{name}/load": control,
+            "/v2/repository/models/{name}/unload": control,
+            "/v2/models/{name}/config": {
+                "get": {
+                    "parameters": [_path_param("name")],
+                    "responses": {"200": _json("configuration (Triton's shape)"), **_errors(401, 404, 429)},
+                }
+            },
+            "/v2/models/{name}/versions/{version}/config": {
+                "get": {
+                    "parameters": [_path_param("name"), _path_param("version")],
+                    "responses": {"200": _json("configuration (Triton's shape)"), **_errors(401, 404, 429)},
+                }
+            },
+            "/v2/models/stats": {"get": {"responses": stats}},
+            "/v2/models/{name}/stats": {"get": {"parameters": [_path_param("name")], "responses": stats}},
+            "/v2/models/{name}/versions/{version}/stats": {
+                "get": {"parameters": [_path_param("name"), _path_param("version")], "responses": stats}
             },
             "/v2/keys": {
                 "post": {

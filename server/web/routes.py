@@ -10,15 +10,27 @@ from werkzeug.exceptions import ClientDisconnected
 from heserve.protocol import v2
 from heserve.server import __version__
 from heserve.server.service import privacy
-from heserve.server.service.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout
+from heserve.server.service.errors import BadRequest, NotFound, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from heserve.server.service.inference import InferenceLimits, infer
 from heserve.server.service.keystore import KeyStoreUnavailable
+from heserve.server.service.registry import ModelNotFound, ServedModel
 from heserve.server.service.services import Services
 from heserve.server.web import openapi
 
 bp = Blueprint("v2", __name__)
 
-EXTENSIONS = ["binary_tensor_data", "ckks_encrypted_inference", "evaluation_key_registry", "privacy_report"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "ckks_encrypted_inference",
+    "evaluation_key_registry",
+    "privacy_report",
+]
+# Bodies of the POST routes: JSON, or the binary tensor extension's JSON header followed by bytes.
+# Stock clients send one of these or no Content-Type at all; anything else is refused unread.
+BODY_MEDIA_TYPES = ("", "application/json", "application/octet-stream")
 
 
 def services() -> Services:
@@ -54,11 +66,20 @@ def header_length() -> int | None:
     return value
 
 
-def model_or_404(name: str, version: str | None = None):
-    model = services().registry.get(name)
-    if model is None or (version is not None and version != model.version):
-        raise NotFound(f"model {name!r}" + (f" version {version!r}" if version else "") + " is not served here")
-    return model
+def model_or_404(name: str, version: str | None = None) -> ServedModel:
+    try:
+        return services().repository.lookup(name, version)
+    except ModelNotFound as exc:
+        raise NotFound(str(exc), code="model_not_found") from None
+
+
+def check_media_type() -> None:
+    """415 for a body the route does not take (form posts, text, multipart), before it is read."""
+    if request.mimetype not in BODY_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {request.mimetype!r:.80} is not taken here; send application/json, or "
+            "application/octet-stream with the binary tensor extension",
+        )
 
 
 def owner() -> str:
@@ -78,7 +99,7 @@ def authenticate() -> None:
         return
     if svc.config.auth_exempt_metrics and request.path == "/metrics":
         return
-    g.tenant = svc.api_keys.tenant(request.headers.get("Authorization"))
+    g.tenant, g.role = svc.api_keys.identify(request.headers.get("Authorization"))
     # Probes and scrapes aside, every request counts against the tenant's rate, before its body is read.
     if not request.path.startswith("/v2/health/") and request.path != "/metrics":
         svc.quotas.check_request(quota_tenant())
@@ -93,8 +114,9 @@ def live():
 def ready():
     """Ready when models are loaded and the key store answers; liveness never depends on Redis."""
     svc = services()
+    svc.repository.sync()
     if not svc.registry.models:
-        return jsonify({"ready": False, "reason": "no models loaded"}), 503
+        return jsonify({"ready": False, "reason": "no model is available"}), 503
     try:
         svc.keys.store.ping()
     except KeyStoreUnavailable as exc:
@@ -109,12 +131,14 @@ def server_metadata():
 
 @bp.get("/v2/models")
 def model_index():
-    registry = services().registry
+    svc = services()
+    svc.repository.sync()
+    registry = svc.registry
     return jsonify(
         {
             "models": [
-                {"name": m.name, "versions": [m.version], "platform": m.metadata()["platform"], "state": "READY"}
-                for m in (registry.get(n) for n in registry.names())
+                {"name": m.name, "versions": registry.entry(m.name).versions, "platform": m.platform, "state": "READY"}
+                for m in registry.models.values()
             ]
         }
     )
@@ -123,14 +147,24 @@ def model_index():
 @bp.get("/v2/models/<name>")
 @bp.get("/v2/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
-    return jsonify(model_or_404(name, version).metadata())
+    model = model_or_404(name, version)
+    return jsonify(model.metadata(services().registry.entry(name).versions))
 
 
 @bp.get("/v2/models/<name>/ready")
 @bp.get("/v2/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
-    model = model_or_404(name, version)
-    return jsonify({"name": model.name, "ready": True})
+    """200 when that model (version) serves; 503 with the reason when it is known but unavailable."""
+    try:
+        model = services().repository.lookup(name, version)
+    except ModelNotFound as exc:
+        if exc.reason is None and services().registry.entry(name) is None:
+            raise NotFound(str(exc), code="model_not_found") from None
+        body = {"name": name, "ready": False, "reason": exc.reason or str(exc)}
+        body.update({"error": str(exc), "code": "model_unavailable"})
+        g.error_code = "model_unavailable"
+        return jsonify(body), 503
+    return jsonify({"name": model.name, "version": model.version, "ready": True})
 
 
 def body_too_large(limit: int, what: str, advice: str = "") -> PayloadTooLarge:
@@ -145,19 +179,23 @@ def json_too_large(limit: int) -> PayloadTooLarge:
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def model_infer(name: str, version: str | None = None):
+    check_media_type()
     model = model_or_404(name, version)
+    g.model = model
     svc = services()
     limit = svc.config.max_json_body_bytes
     json_only = header_length() is None
     if json_only and (request.content_length or 0) > limit:
         raise json_too_large(limit)
     info: dict = {}
+    g.inference = info
     started = time.perf_counter()
     try:
         tenant = quota_tenant()
         payload = read_body()
         if json_only and len(payload) > limit:  # chunked bodies declare no length up front
             raise json_too_large(limit)
+        info["queue_ns"] = int((time.perf_counter() - g.get("started", started)) * 1e9)
         body, length = infer(
             model,
             svc.keys,
@@ -206,6 +244,8 @@ def quota_usage():
 
 @bp.post("/v2/keys")
 def register_keys():
+    check_media_type()
+    services().repository.refresh_all()  # a model another worker just loaded may bring new parameters
     keys = services().keys
     limit = keys.largest_upload()
     if (request.content_length or 0) > limit:
