@@ -14,7 +14,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed js/node_modules/.installed
+
+# Node 22 and node-seal 7 (SEAL 4.1), exactly as js/package-lock.json pins them: the tests of a SEAL 4.1 client.
+js/node_modules/.installed: js/package.json js/package-lock.json
+	cd js && npm ci --silent --no-audit --no-fund
+	touch $@
 
 # redis-server and nginx from Debian's packages, for the multi-instance tests (root or sudo).
 system-packages:
@@ -51,4 +56,4 @@ bench-limits: setup
 	$(PY) -m heserve.benchmarks.limits
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache js/node_modules

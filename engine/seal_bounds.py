@@ -9,6 +9,14 @@ limit derived from the parameters (never from a frame's own declared size), refu
 after a frame or an object, and returns the same object fully uncompressed. SEAL then loads
 those canonical bytes, whose size is bounded by the parameters, so it never inflates anything.
 
+Versions: SEAL loads only headers of its own major.minor, and browsers' and Node's SEAL
+(node-seal 7) is 4.1 where this server's is 4.3. Between those two the members of every
+object a client sends are laid out identically, so the walker accepts exactly
+ACCEPTED_VERSIONS, requires every header of one object to carry the same version, and writes
+the local version into each header it copies; `with_version` writes a result back in the
+client's version. tests/test_seal41.py establishes that identity with node-seal's own bytes;
+any other version is refused, its layout never having been shown identical.
+
 Layouts (SEAL 4.x, confirmed against the bytes tenseal.sealapi writes):
 
 * every object: a 16-byte header (magic 0xA15E, header size 16, major and minor version,
@@ -59,6 +67,11 @@ PRNG_MEMBERS = 1 + 64  # PRNG type, seed
 PRNG_TYPES = (1, 2)  # blake2xb, shake256
 KSWITCH_PREFIX = 32 + 8  # parms_id, number of key slots
 SEAL_CIPHERTEXT_SIZE_MAX = 16
+
+# The serialization versions taken from clients (and written back to them). Adding one is only
+# sound once tests/test_seal41.py shows, with that SEAL's own bytes, that every object kind a
+# client sends has the same members as the local version's; the local version must be here.
+ACCEPTED_VERSIONS: frozenset[tuple[int, int]] = frozenset({(4, 1), (4, 3)})
 
 MALFORMED = "malformed_seal_object"
 TOO_LARGE = "seal_frame_too_large"
@@ -150,13 +163,56 @@ def _fail(message: str, code: str = MALFORMED) -> SealDecodeError:
 
 @functools.lru_cache(maxsize=1)
 def local_version() -> tuple[int, int]:
-    """The (major, minor) version SEAL here writes into headers and accepts up to."""
+    """The (major, minor) version SEAL here writes into headers and, alone, loads."""
     import tenseal.sealapi as sealapi
 
     from heserve.engine.seal_io import dump
 
     header = dump(sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS))
     return header[3], header[4]
+
+
+def version_text(version: tuple[int, int]) -> str:
+    """The text of a version, "4.1" for (4, 1), as key records and model metadata show it."""
+    return f"{version[0]}.{version[1]}"
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """(4, 1) for "4.1"; ValueError unless it is one of ACCEPTED_VERSIONS."""
+    try:
+        major, minor = (int(part) for part in str(text).split("."))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a SEAL serialization version (major.minor)") from None
+    if (major, minor) not in ACCEPTED_VERSIONS:
+        raise ValueError(f"SEAL serialization version {text} is not one of {_accepted_text()}")
+    return major, minor
+
+
+def _accepted_text() -> str:
+    return ", ".join(version_text(v) for v in sorted(ACCEPTED_VERSIONS))
+
+
+def serialization_metadata() -> dict[str, object]:
+    """What a model's metadata says about serialization: the version results are written in by
+    default, and every version keys and ciphertexts may come in (results follow the keys')."""
+    return {
+        "serialization_version": version_text(local_version()),
+        "accepts": [version_text(v) for v in sorted(ACCEPTED_VERSIONS)],
+    }
+
+
+def object_version(blob: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """The version in a SEAL object's outer header.
+
+    Once canonical_ciphertext or canonical_kswitch_keys has taken the object, every header in
+    it carries this same version: it is the version of the SEAL that wrote the object.
+    """
+    view = _view(blob, "SEAL object")
+    return view[3], view[4]
+
+
+def _version_refusal(label: str, major: int, minor: int) -> SealDecodeError:
+    return _fail(f"{label} was written by SEAL {major}.{minor}; objects of SEAL {_accepted_text()} are accepted here")
 
 
 # --- sources of member bytes ------------------------------------------------------------------
@@ -553,10 +609,12 @@ Members = Callable[[_Source], object]
 class _Walker:
     """Reads one object tree and writes its canonical (uncompressed) serialization to `out`."""
 
-    def __init__(self, allow_compressed: bool):
+    def __init__(self, allow_compressed: bool, write_version: tuple[int, int] | None = None):
         self.out = bytearray()
         self.allow_compressed = allow_compressed
-        self.version = local_version()
+        # Every header copied to `out` gets this version: the one the SEAL loading `out` reads.
+        self.write_version = write_version or local_version()
+        self.found_version: tuple[int, int] | None = None
 
     def object(self, src: _Source, members: Members, limit: int, label: str, top: bool = False) -> object:
         """One SEAL object of at most `limit` member bytes (uncompressed): header, then members."""
@@ -564,8 +622,14 @@ class _Walker:
         magic, header_size, major, minor, mode, reserved, size = struct.unpack("<HBBBBHQ", header)
         if magic != MAGIC or header_size != HEADER or reserved:
             raise _fail(f"{label} is not a SEAL object")
-        if major != self.version[0] or minor > self.version[1]:
-            raise _fail(f"{label} was written by SEAL {major}.{minor}, not readable by SEAL {self.version[0]}.x here")
+        if (major, minor) not in ACCEPTED_VERSIONS:
+            raise _version_refusal(label, major, minor)
+        # One SEAL writes an object and all it nests: headers that disagree were put together by hand.
+        if self.found_version is None:
+            self.found_version = (major, minor)
+        elif (major, minor) != self.found_version:
+            found = version_text(self.found_version)
+            raise _fail(f"{label} was written by SEAL {major}.{minor}, the object holding it by SEAL {found}")
         if mode not in (COMPR_NONE, COMPR_ZLIB, COMPR_ZSTD):
             raise _fail(f"{label} uses unknown compression mode {mode}")
         if size < HEADER:
@@ -577,6 +641,7 @@ class _Walker:
             raise _fail(f"{label} declares {size} bytes but is truncated")
         start = len(self.out)
         self.out += header
+        self.out[start + 3 : start + 5] = bytes(self.write_version)
         if mode == COMPR_NONE:
             # At the top the bytes are already in memory and the walk says precisely what is
             # wrong (e.g. a Galois element not allowed); a nested object must fit its parent.
@@ -727,15 +792,18 @@ def _view(blob: bytes | bytearray | memoryview, what: str) -> memoryview:
 
 def _plain_ciphertext(
     view: memoryview, n: int, primes: int, max_size: int, allow_seeded: bool, parms_id: tuple[int, ...] | None
-) -> bool:
-    """True when `view` is exactly a well-formed, uncompressed ciphertext: the common case.
+) -> tuple[int, int] | None:
+    """The version of `view` when it is exactly a well-formed, uncompressed ciphertext (the common case).
 
     The same checks as the walker, on a few fixed offsets and without copying, so that a
     batch of hundreds of ciphertexts pays microseconds each. Anything else (compression,
-    a field out of place) returns False and takes the walker, which names what is wrong.
+    a field out of place, headers of different versions) returns None and takes the walker,
+    which names what is wrong.
     """
     try:
-        version = local_version()
+        version = (view[3], view[4])
+        if version not in ACCEPTED_VERSIONS:
+            return None
 
         def header(offset: int, expected_size: int | None = None) -> int | None:
             magic, size_of_header, major, minor, mode, reserved, size = struct.unpack_from("<HBBBBHQ", view, offset)
@@ -744,42 +812,56 @@ def _plain_ciphertext(
                 and size_of_header == HEADER
                 and not reserved
                 and mode == COMPR_NONE
-                and major == version[0]
-                and minor <= version[1]
+                and (major, minor) == version
             )
             return size if good and (expected_size is None or size == expected_size) else None
 
         if header(0, len(view)) is None:
-            return False
+            return None
         found_parms = struct.unpack_from("<4Q", view, HEADER)
         ntt = view[HEADER + 32]
         size, degree, count = struct.unpack_from("<3Q", view, HEADER + 33)
         (scale,) = struct.unpack_from("<d", view, HEADER + 57)
         (correction,) = struct.unpack_from("<Q", view, HEADER + 65)
         if degree != n or count != primes or not 2 <= size <= max_size or ntt != 1 or correction != 1:
-            return False
+            return None
         if not (math.isfinite(scale) and scale >= sys.float_info.min):
-            return False
+            return None
         if parms_id is not None and found_parms != tuple(parms_id):
-            return False
+            return None
         inner = HEADER + CT_PREFIX
         inner_size = header(inner)
         if inner_size is None:
-            return False
+            return None
         (elements,) = struct.unpack_from("<Q", view, inner + HEADER)
         seeded = size == 2 and elements == primes * n
         if elements != size * primes * n and not (seeded and allow_seeded):
-            return False
+            return None
         if inner_size != HEADER + 8 + 8 * elements:
-            return False
+            return None
         end = inner + inner_size
         if seeded:
             if header(end, HEADER + PRNG_MEMBERS) is None or view[end + HEADER] not in PRNG_TYPES:
-                return False
+                return None
             end += HEADER + PRNG_MEMBERS
-        return end == len(view)
+        return version if end == len(view) else None
     except (struct.error, IndexError):
-        return False
+        return None
+
+
+def _retagged(view: memoryview, version: tuple[int, int]) -> bytes:
+    """A copy of a ciphertext that _plain_ciphertext accepted, with `version` in each of its headers.
+
+    Its headers are where that check found them: the ciphertext's own, its coefficient array's
+    after the fixed prefix, and, when more follows the array, the seed's.
+    """
+    out = bytearray(view)
+    inner = HEADER + CT_PREFIX
+    (inner_size,) = struct.unpack_from("<Q", out, inner + 8)
+    offsets = [0, inner] if inner + inner_size == len(out) else [0, inner, inner + inner_size]
+    for offset in offsets:
+        out[offset + 3 : offset + 5] = bytes(version)
+    return bytes(out)
 
 
 def canonical_ciphertext(
@@ -803,8 +885,10 @@ def canonical_ciphertext(
         raise ValueError(f"max_size must be 2..{SEAL_CIPHERTEXT_SIZE_MAX}")
     view = _view(blob, what)
     expected = tuple(parms_id) if parms_id is not None else None
-    if _plain_ciphertext(view, n, primes, max_size, allow_seeded, expected):
-        return bytes(view)  # already canonical: what the walker would have copied, byte for byte
+    found = _plain_ciphertext(view, n, primes, max_size, allow_seeded, expected)
+    if found is not None:
+        # Already canonical: what the walker would have copied, byte for byte (versions included).
+        return bytes(view) if found == local_version() else _retagged(view, local_version())
     walker = _Walker(allow_compressed)
     walker.object(
         _BufferSource(view, what),
@@ -818,6 +902,50 @@ def canonical_ciphertext(
             parms_id=expected,
         ),
         ciphertext_bound(n, primes, size=max_size) - HEADER,
+        what,
+        top=True,
+    )
+    return bytes(walker.out)
+
+
+def with_version(blob: bytes, version: tuple[int, int]) -> bytes:
+    """A ciphertext this server serialized (seal_io.dump), written for a client whose SEAL is `version`.
+
+    In the version it already has: `blob` itself, as it was. In another accepted version (SEAL
+    4.1 loads only 4.1 headers): uncompressed (a result's coefficients are uniformly random, so
+    compression gains nothing), checked as a client's ciphertext is, and with `version` in
+    every header its structure holds. Layouts are identical between accepted versions, so no
+    other byte changes. ValueError for a version not in ACCEPTED_VERSIONS.
+    """
+    version = (int(version[0]), int(version[1]))
+    if version not in ACCEPTED_VERSIONS:
+        raise ValueError(f"SEAL serialization version {version_text(version)} is not one of {_accepted_text()}")
+    what = "result ciphertext"
+    view = _view(blob, what)
+    if object_version(view) == version:
+        return blob
+    from heserve.engine import seal_raw  # seal_raw builds on this module: imported when first needed
+
+    plain = memoryview(seal_raw.own_uncompressed(bytes(view)))
+    if len(plain) < HEADER + CT_PREFIX:
+        raise _fail(f"{what} is too short to be a ciphertext")
+    _, degree, count = struct.unpack_from("<3Q", plain, HEADER + 33)
+    if _plain_ciphertext(plain, degree, count, SEAL_CIPHERTEXT_SIZE_MAX, True, None) is not None:
+        return _retagged(plain, version)
+    # Not the ciphertext SEAL writes: the walker says what is wrong with it.
+    walker = _Walker(allow_compressed=False, write_version=version)
+    walker.object(
+        _BufferSource(plain, what),
+        functools.partial(
+            walker.ciphertext,
+            label=what,
+            n=degree,
+            primes=count,
+            max_size=SEAL_CIPHERTEXT_SIZE_MAX,
+            allow_seeded=True,
+            parms_id=None,
+        ),
+        UNKNOWN_OBJECT_LIMIT,
         what,
         top=True,
     )

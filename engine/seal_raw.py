@@ -52,15 +52,18 @@ def parse(blob: bytes, n: int, moduli: list[int], what: str, allow_compressed: b
     expected_body = PREFIX + inner_total
     if len(blob) < HEADER:
         raise RawCiphertextError(f"{what} is too short")
-    magic, header_size, major, _minor, compression, _reserved, total = struct.unpack_from("<HBBBBHQ", blob, 0)
+    magic, header_size, major, minor, compression, _reserved, total = struct.unpack_from("<HBBBBHQ", blob, 0)
     if magic != MAGIC or header_size != HEADER:
         raise RawCiphertextError(f"{what} is not a SEAL object")
     if total < len(blob):
         raise RawCiphertextError(f"{what} is followed by {len(blob) - total} unexpected bytes", "seal_trailing_bytes")
     if total != len(blob):
         raise RawCiphertextError(f"{what} is not a SEAL object of {len(blob)} bytes")
-    if major != seal_bounds.local_version()[0]:
-        raise RawCiphertextError(f"{what} was written by SEAL {major}.x, not this SEAL's major version")
+    if (major, minor) not in seal_bounds.ACCEPTED_VERSIONS:
+        raise RawCiphertextError(
+            f"{what} was written by SEAL {major}.{minor}; this server reads "
+            + ", ".join(seal_bounds.version_text(v) for v in sorted(seal_bounds.ACCEPTED_VERSIONS))
+        )
     body = memoryview(blob)[HEADER:]  # no copy: batch requests carry hundreds of MB
     if compression in (COMPR_ZLIB, COMPR_ZSTD):
         if not allow_compressed:
@@ -86,11 +89,13 @@ def parse(blob: bytes, n: int, moduli: list[int], what: str, allow_compressed: b
         raise RawCiphertextError(f"{what} has the wrong form (NTT {ntt}, size {size}, N {degree}, primes {count})")
     # The coefficient array is a nested object: it must be plainly stored and exactly this long,
     # since its bytes are read in place below.
-    inner_magic, inner_header_size, _, _, inner_compression, _, inner_size = struct.unpack_from(
+    inner_magic, inner_header_size, inner_major, inner_minor, inner_compression, _, inner_size = struct.unpack_from(
         "<HBBBBHQ", body, PREFIX
     )
     if inner_magic != MAGIC or inner_header_size != HEADER or inner_size != inner_total:
         raise RawCiphertextError(f"{what} has a malformed coefficient array")
+    if (inner_major, inner_minor) != (major, minor):
+        raise RawCiphertextError(f"{what} mixes SEAL {major}.{minor} and {inner_major}.{inner_minor} headers")
     if inner_compression != COMPR_NONE:
         raise RawCiphertextError(f"{what} has a compressed coefficient array", "compressed_not_accepted")
     (elements,) = struct.unpack_from("<Q", body, PREFIX + HEADER)

@@ -207,7 +207,7 @@ def _infer_encrypted(
     times: PhaseTimes,
 ) -> v2.Message:
     with times.phase("compute_input"):
-        tensor, layout, record, eval_keys, rows, per_row, chunks = _prepare_encrypted(
+        tensor, layout, eval_keys, rows, per_row, chunks = _prepare_encrypted(
             model, keys, request, limits, owner, charge
         )
     deadline = Deadline(limits.deadline_seconds)
@@ -317,17 +317,19 @@ def _prepare_encrypted(
             code="key_mismatch",
         )
     if layout == SINGLE:
-        return tensor, layout, record, eval_keys, rows, per_row, 0
-    return tensor, layout, record, eval_keys, 0, 0, chunks
+        return tensor, layout, eval_keys, rows, per_row, 0
+    return tensor, layout, eval_keys, 0, 0, chunks
 
 
 def _rerandomized(runtime, results: list, eval_keys) -> list[bytes]:
     """Serialized results, each first re-randomized with the client's public key (see
-    SealRuntime.rerandomize): no result leaves the server without it."""
+    SealRuntime.rerandomize): no result leaves the server without it. Each is written in the SEAL
+    serialization version the client's keys came in: SEAL 4.1 loads only 4.1 headers."""
+    version = seal_bounds.parse_version(eval_keys.record.seal_version)
     out = []
     for ct in results:
         runtime.rerandomize(ct, eval_keys.public)
-        out.append(seal_io.dump(ct))
+        out.append(seal_bounds.with_version(seal_io.dump(ct), version))
     return out
 
 

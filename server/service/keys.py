@@ -166,7 +166,7 @@ class KeyService:
         binding_key = message.parameters.get("binding_key", "")
         if not isinstance(binding_key, str) or (binding_key and not re.fullmatch(r"[0-9a-f]{64}", binding_key)):
             raise BadRequest("parameter 'binding_key' must be 64 lowercase hex digits", code="bad_parameter")
-        galois, relin, public, elements = self._parse_upload(parts, params, runtime.context)
+        galois, relin, public, elements, version = self._parse_upload(parts, params, runtime.context)
         if public is None:
             raise BadRequest(
                 "a registration carries the client's public key ('public_key'): every result is "
@@ -187,7 +187,14 @@ class KeyService:
             )
         try:
             record = self.store.put(
-                material, params.to_json(), elements, relin is not None, owner, binding_key, key_id=key_id
+                material,
+                params.to_json(),
+                elements,
+                relin is not None,
+                owner,
+                binding_key,
+                key_id=key_id,
+                seal_version=seal_bounds.version_text(version),
             )
         except BaseException:
             if self.quotas is not None:
@@ -201,13 +208,30 @@ class KeyService:
 
     def _parse_upload(
         self, parts: dict[str, bytes], params: CKKSParams, context
-    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None, sealapi.PublicKey | None, list[int]]:
-        """Bounded parsing first (counts, sizes, compression, allowed elements), SEAL's checks second."""
+    ) -> tuple[
+        sealapi.GaloisKeys | None, sealapi.RelinKeys | None, sealapi.PublicKey | None, list[int], tuple[int, int]
+    ]:
+        """Bounded parsing first (counts, sizes, compression, allowed elements, versions), SEAL's checks second.
+
+        Also returns the SEAL serialization version the keys were written in (one of
+        seal_bounds.ACCEPTED_VERSIONS): the client's SEAL reads results only in that version.
+        """
         galois = relin = public = None
         elements: list[int] = []
         n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
         key_level = list(context.key_parms_id())
         try:
+            # One client's SEAL writes all of its keys, and results go back in that one version. Each
+            # part's nested headers are held to its outer one, and versions never accepted are refused,
+            # when it is parsed below.
+            versions = {name: seal_bounds.object_version(data) for name, data in parts.items()}
+            if len(set(versions.values())) > 1 and set(versions.values()) <= seal_bounds.ACCEPTED_VERSIONS:
+                found = ", ".join(f"{name} {seal_bounds.version_text(v)}" for name, v in sorted(versions.items()))
+                raise BadRequest(
+                    f"key parts were written by different SEAL serialization versions ({found}); "
+                    "register keys made by one SEAL",
+                    code="bad_key",
+                )
             if "galois_keys" in parts:
                 canonical, elements = seal_bounds.canonical_kswitch_keys(
                     parts["galois_keys"],
@@ -240,7 +264,7 @@ class KeyService:
                 public = seal_io.load(sealapi.PublicKey, context, canonical, "public_key")
         except seal_io.SealDecodeError as exc:
             raise BadRequest(str(exc), code=getattr(exc, "code", "bad_key")) from None
-        return galois, relin, public, sorted(elements)
+        return galois, relin, public, sorted(elements), next(iter(versions.values()))
 
     def record(self, key_id: str, owner: str = "") -> KeyRecord:
         """The caller's live key; another tenant's key is answered exactly like an unknown one."""

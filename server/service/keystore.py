@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+# Records stored before they said which SEAL serialization version the client's keys came in were
+# all registered in 4.3: the only version this server accepted then. Such records load with it.
+LEGACY_SEAL_VERSION = "4.3"
 
 
 @dataclass
@@ -42,6 +45,9 @@ class KeyRecord:
     size_bytes: int
     owner: str = ""
     binding_key: str = ""  # hex; ciphertexts sent with tags are checked against it
+    # The SEAL serialization version ("major.minor") the client's keys were written in: results are
+    # written in it too, since SEAL reads only its own version (engine.seal_bounds.with_version).
+    seal_version: str = LEGACY_SEAL_VERSION
 
     def public_view(self) -> dict[str, Any]:
         return {
@@ -54,6 +60,7 @@ class KeyRecord:
             "galois_elements": self.galois_elements,
             "relin_keys": self.has_relin_keys,
             "size_bytes": self.size_bytes,
+            "seal_version": self.seal_version,
         }
 
 
@@ -73,6 +80,7 @@ class KeyStore(Protocol):
         owner: str = "",
         binding_key: str = "",
         key_id: str | None = None,
+        seal_version: str = LEGACY_SEAL_VERSION,
     ) -> KeyRecord: ...
 
     def get(self, key_id: str) -> KeyRecord | None: ...
@@ -102,6 +110,7 @@ def new_record(
     now: float,
     ttl_seconds: float,
     key_id: str | None = None,
+    seal_version: str = LEGACY_SEAL_VERSION,
 ) -> KeyRecord:
     return KeyRecord(
         key_id or new_key_id(),
@@ -113,6 +122,7 @@ def new_record(
         len(material),
         owner,
         binding_key,
+        seal_version,
     )
 
 
@@ -163,6 +173,7 @@ class DiskKeyStore:
         owner: str = "",
         binding_key: str = "",
         key_id: str | None = None,
+        seal_version: str = LEGACY_SEAL_VERSION,
     ) -> KeyRecord:
         record = new_record(
             material,
@@ -174,6 +185,7 @@ class DiskKeyStore:
             self.clock(),
             self.ttl_seconds,
             key_id,
+            seal_version,
         )
         meta_path, data_path = self._paths(record.key_id)
         _atomic_write(data_path, material)

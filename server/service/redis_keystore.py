@@ -24,7 +24,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from heserve.server.service.keystore import KEY_ID_PATTERN, KeyRecord, KeyStoreUnavailable, new_record
+from heserve.server.service.keystore import (
+    KEY_ID_PATTERN,
+    LEGACY_SEAL_VERSION,
+    KeyRecord,
+    KeyStoreUnavailable,
+    new_record,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +80,7 @@ class RedisKeyStore:
         owner: str = "",
         binding_key: str = "",
         key_id: str | None = None,
+        seal_version: str = LEGACY_SEAL_VERSION,
     ) -> KeyRecord:
         record = new_record(
             material,
@@ -85,6 +92,7 @@ class RedisKeyStore:
             self.clock(),
             self.ttl_seconds,
             key_id,
+            seal_version,
         )
         key = self._key(record.key_id)
 

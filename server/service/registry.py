@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from heserve.engine import seal_bounds
 from heserve.engine.deep import DeepNetworkPlan
 from heserve.engine.linear import LINEAR_PARAMS, LinearPlan, SealRuntime
 from heserve.engine.neural import NETWORK_PARAMS, NetworkPlan
@@ -78,6 +79,8 @@ class ServedModel:
                 "preprocess": self.manifest.get("preprocess", {"type": "identity"}),
                 "postprocess": self.manifest.get("postprocess", {"type": "identity"}),
                 "encryption": self.spec.to_json(),
+                # The SEAL serialization this server writes, and what it reads (answers follow the keys').
+                "seal": seal_bounds.serialization_metadata(),
             },
         }
 
