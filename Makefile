@@ -1,10 +1,10 @@
 # make demo: set up, start the server, show an encrypted prediction end to end, stop.
-# make test: set up (Python packages, and redis-server + nginx from Debian) and run the whole test suite.
+# make test: set up (Python packages, redis-server + nginx + npm from Debian, Node 22 + node-seal from npm) and run the whole test suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-packages demo serve test test-fast lint bench bench-fleet bench-limits models clean
+.PHONY: setup js system-packages demo serve test test-fast lint bench bench-fleet bench-limits models clean
 
 # The project is installed (editable, with every extra) against the exact pins of requirements.txt:
 # `heserve`, `heserve-server` and `import heserve` then work from anywhere, with no path set.
@@ -14,14 +14,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-setup: $(VENV)/.installed js/node_modules/.installed
+setup: $(VENV)/.installed
 
 # Node 22 and node-seal 7 (SEAL 4.1), exactly as js/package-lock.json pins them: the tests of a SEAL 4.1 client.
+js: js/node_modules/.installed
+
 js/node_modules/.installed: js/package.json js/package-lock.json
 	cd js && npm ci --silent --no-audit --no-fund
 	touch $@
 
-# redis-server and nginx from Debian's packages, for the multi-instance tests (root or sudo).
+# redis-server, nginx and npm from Debian's packages, for the multi-instance and SEAL 4.1 tests (root or sudo).
 system-packages:
 	bash scripts/install-system-packages.sh
 
@@ -36,12 +38,12 @@ demo: setup
 serve: setup
 	$(VENV)/bin/heserve-server --port 8000
 
-test: setup system-packages
+test: setup system-packages js
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # Everything that starts no process (no gunicorn, redis-server, nginx, notebook): under a minute.
-test-fast: setup
+test-fast: setup js
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup

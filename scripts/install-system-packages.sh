@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Debian packages the multi-instance tests and deployments use: redis-server (the shared key
-# registry) and nginx (the load balancer). Nothing is done when both are already installed.
+# Debian packages the tests and deployments use: redis-server (the shared key registry), nginx
+# (the load balancer) and npm (which installs Node 22 and node-seal for the SEAL 4.1 client
+# tests from js/package-lock.json). Nothing is done when all are already installed.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 
-if have redis-server && have nginx; then
+if have redis-server && have nginx && have npm; then
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: redis-server and nginx are needed; install them with your system's package manager" >&2
+    echo "error: redis-server, nginx and npm are needed; install them with your system's package manager" >&2
     exit 1
 fi
 if [ "$(id -u)" -eq 0 ]; then
@@ -17,7 +18,7 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1; then
     SUDO="sudo"
 else
-    echo "error: installing redis-server and nginx needs root (apt-get); run as root or install them first" >&2
+    echo "error: installing redis-server, nginx and npm needs root (apt-get); run as root or install them first" >&2
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
@@ -25,3 +26,4 @@ $SUDO apt-get update -qq
 # nginx-light: the core proxy modules only. The tests start their own redis-server and nginx
 # on free loopback ports; the packages' system services are not used.
 $SUDO apt-get install -y -qq --no-install-recommends redis-server nginx-light >/dev/null
+have npm || $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
