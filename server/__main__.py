@@ -138,9 +138,12 @@ def _startup_record(config: ServerConfig) -> dict:
     api_keys = APIKeys.load(config.api_keys_file, config.api_keys)
     models: dict[str, dict] = {}
     for row in registry.index():
-        model = models.setdefault(row["name"], {"name": row["name"], "versions": [], "unavailable": []})
+        model = models.setdefault(
+            row["name"], {"name": row["name"], "state": "UNAVAILABLE", "versions": [], "unavailable": []}
+        )
         if row["state"] == "READY":
             model["versions"].append(row["version"])
+            model["state"] = "READY"
         else:
             model["unavailable"].append({"version": row["version"], "reason": row["reason"]})
     return {
