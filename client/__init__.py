@@ -18,6 +18,7 @@ from heserve.client.errors import (
 )
 from heserve.client.keyids import KeyIdRecords
 from heserve.client.keys import SecretContext
+from heserve.client.ranges import InputRangeWarning
 
 __all__ = [
     "AuthenticationError",
@@ -28,6 +29,7 @@ __all__ = [
     "EncryptedRequest",
     "HEClientError",
     "InputError",
+    "InputRangeWarning",
     "KeyFileError",
     "KeyIdRecords",
     "NotFoundError",

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ from heserve.client.errors import (
     error_for_status,
 )
 from heserve.client.keys import SecretContext
+from heserve.client.ranges import InputRanges, InputRangeWarning
 from heserve.client.transport import ConnectionBroken, HTTPTransport, Response, Transport
 from heserve.engine.spec import BATCH, COEFFICIENTS, SINGLE, EncryptionSpec, SpecError
 from heserve.protocol import v2
@@ -61,6 +64,8 @@ class Client:
         self.unavailable_wait = unavailable_wait
         self._transport = transport if transport is not None else HTTPTransport()
         self._headers = {"User-Agent": "heserve-client/0.1"}
+        # Models whose inputs already drew an InputRangeWarning: once per model and client is a hint, not noise.
+        self._range_warned: set[str] = set()
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
@@ -202,6 +207,18 @@ def _retry_after(response: Response) -> float | None:
         return None
 
 
+_SDK_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside the SDK: a warning points at the application's predict call,
+    however many SDK functions lie between."""
+    level, frame = 1, sys._getframe(1)  # our caller, the one that calls warnings.warn: its stacklevel is 1
+    while frame is not None and frame.f_code.co_filename.startswith(_SDK_DIR):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def _header_length(response: Response) -> int | None:
     raw = {k.lower(): v for k, v in response.headers.items()}.get(v2.HEADER_LENGTH.lower())
     return int(raw) if raw is not None else None
@@ -246,6 +263,7 @@ class RemoteModel:
         self.n_outputs = self.spec.n_outputs
         self._preprocess = parameters.get("preprocess", {"type": "identity"})
         self._postprocess = parameters.get("postprocess", {"type": "identity"})
+        self._input_ranges = InputRanges.from_metadata(parameters.get("input_ranges"), self.n_features_in_)
         if "classes" in self._postprocess:
             self.classes_ = np.asarray(self._postprocess["classes"])
         self._key_file = key_file
@@ -323,7 +341,23 @@ class RemoteModel:
             raise InputError("input has no rows")
         if not np.all(np.isfinite(x)):
             raise InputError("input contains NaN or infinite values")
+        self._check_ranges(x)
         return x
+
+    def _check_ranges(self, x: np.ndarray) -> None:
+        """Warn (InputRangeWarning, once per model and client) when raw rows lie far outside the training ranges.
+
+        Local only: the server learns nothing of it. See heserve.client.ranges for what counts as far.
+        """
+        warned = self.client._range_warned
+        if self._input_ranges is None or self.name in warned:
+            return
+        finding = self._input_ranges.check(x, self._preprocess)
+        if finding is None:
+            return
+        warned.add(self.name)
+        message = finding.message(self.name, self.input_names, self._preprocess.get("type", "identity"))
+        warnings.warn(message, InputRangeWarning, stacklevel=_caller_stacklevel())
 
     def choose_layout(self, rows: int) -> str:
         """Single-sample ciphertexts for a few rows (latency), SIMD batch for many (throughput)."""

@@ -13,8 +13,9 @@ torch is needed here, never by the server at run time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,24 +26,145 @@ class ExportError(ValueError):
     """A model that cannot be served encrypted; the message names the layer and the reason."""
 
 
+# --- inputs: names, training ranges, preprocessing -----------------------------------------------
+def input_ranges(x_train: Any, n_features: int) -> dict:
+    """Each raw feature's min and max over the training rows, as the manifest records them.
+
+    The SDK compares what an application sends with these ranges and warns when the inputs are far
+    outside them (standardized twice, other units, another column order): predictions there are
+    extrapolations the model gives as confidently as any other.
+    """
+    x = np.asarray(x_train, dtype=np.float64)
+    if x.ndim == 0 or len(x) == 0:
+        raise ExportError("x_train has no rows")
+    x = x.reshape(len(x), -1)
+    if x.shape[1] != n_features:
+        raise ExportError(f"x_train has {x.shape[1]} features per row, the model takes {n_features}")
+    if not np.all(np.isfinite(x)):
+        raise ExportError("x_train contains NaN or infinite values")
+    return {"min": x.min(axis=0).tolist(), "max": x.max(axis=0).tolist()}
+
+
+def _input_names(explicit: Sequence[str] | None, fitted: Sequence[str] | None, n_features: int) -> list[str]:
+    if explicit is not None:
+        if len(explicit) != n_features:
+            raise ExportError(f"input_names has {len(explicit)} names, the model takes {n_features} features")
+        return [str(n) for n in explicit]
+    if fitted is not None and len(fitted) == n_features:
+        return [str(n) for n in fitted]
+    return [f"x{i}" for i in range(n_features)]
+
+
+class _Required:
+    """The default of an argument that must be given: leaving it out gets an explanation, not just its name."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED: Any = _Required()
+PREPROCESS_HELP = (
+    "pass preprocess= one of: the fitted sklearn StandardScaler the network was trained behind; "
+    "a mapping {'mean': [...], 'scale': [...]} with one entry per input (the client sends (x - mean) / scale); "
+    "or the string 'none' when the network was trained on the raw features"
+)
+
+
+def _standard_scaler_class() -> type | None:
+    try:
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:  # without scikit-learn nothing can be a StandardScaler
+        return None
+    return StandardScaler
+
+
+def _check_preprocess_kind(preprocess: Any) -> None:
+    """Refuse a missing or unrecognized preprocess before any work: it decides what every caller must send."""
+    if preprocess is _REQUIRED:
+        raise TypeError(f"torch_to_artifact() needs to know the preprocessing the network was trained behind: "
+                        f"{PREPROCESS_HELP}")
+    if isinstance(preprocess, str):
+        if preprocess != "none":
+            raise ValueError(f"preprocess={preprocess!r} is not understood: {PREPROCESS_HELP}")
+        return
+    scaler_class = _standard_scaler_class()
+    if isinstance(preprocess, Mapping) or (scaler_class is not None and isinstance(preprocess, scaler_class)):
+        return
+    raise TypeError(f"preprocess={preprocess!r} ({type(preprocess).__name__}) is not understood: {PREPROCESS_HELP}")
+
+
+def _preprocess_manifest(preprocess: Any, n_features: int) -> dict:
+    """The manifest's preprocess entry for one of the accepted forms, checked against the input width."""
+    _check_preprocess_kind(preprocess)
+    if isinstance(preprocess, str):
+        return {"type": "identity"}
+    if isinstance(preprocess, Mapping):
+        keys = set(preprocess) - {"type"}
+        if keys != {"mean", "scale"} or preprocess.get("type", "standardize") != "standardize":
+            raise ValueError(f"preprocess mapping has the keys {sorted(preprocess)}; it must have exactly 'mean' "
+                             f"and 'scale' (for no preprocessing pass the string 'none'): {PREPROCESS_HELP}")
+        where = "preprocess"
+        mean, scale = preprocess["mean"], preprocess["scale"]
+    else:
+        from sklearn.exceptions import NotFittedError
+        from sklearn.utils.validation import check_is_fitted
+
+        try:
+            check_is_fitted(preprocess)
+        except NotFittedError:
+            raise ValueError("preprocess is a StandardScaler that was never fitted: pass the scaler fitted on the "
+                             "training rows (scaler.fit(X_train))") from None
+        if preprocess.n_features_in_ != n_features:
+            raise ValueError(f"preprocess is a StandardScaler fitted on {preprocess.n_features_in_} features, "
+                             f"the network takes {n_features}")
+        if not preprocess.with_mean and not preprocess.with_std:
+            return {"type": "identity"}
+        where = "preprocess StandardScaler"
+        # with_mean/with_std False: the scaler still stores mean_ but does not subtract it (or scale_ is None).
+        mean = preprocess.mean_ if preprocess.with_mean else np.zeros(n_features)
+        scale = preprocess.scale_ if preprocess.with_std else np.ones(n_features)
+    try:
+        mean = np.asarray(mean, dtype=np.float64)
+        scale = np.asarray(scale, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: mean and scale must be lists of numbers, one per input") from None
+    for label, values in (("mean", mean), ("scale", scale)):
+        if values.shape != (n_features,):
+            raise ValueError(f"{where}: {label} has shape {values.shape}, the network takes {n_features} inputs "
+                             f"(one {label} per input)")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{where}: {label} contains NaN or infinite values")
+    if np.any(scale <= 0):
+        raise ValueError(f"{where}: every scale must be > 0 (inputs {np.flatnonzero(scale <= 0)[:5].tolist()} are not)")
+    return {"type": "standardize", "mean": mean.tolist(), "scale": scale.tolist()}
+
+
 # --- scikit-learn ---------------------------------------------------------------------------
 def sklearn_to_artifact(estimator: Any, directory: Path, name: str, input_names: list[str] | None = None,
                         description: str = "", class_names: list[str] | None = None,
-                        output_bound: float | None = None, x_sample: np.ndarray | None = None) -> dict:
+                        output_bound: float | None = None, x_sample: np.ndarray | None = None,
+                        x_train: Any = None) -> dict:
     """LogisticRegression (binary or multinomial), LinearRegression, Ridge, optionally after a StandardScaler
-    in a Pipeline, as a linear artifact."""
+    in a Pipeline, as a linear artifact.
+
+    x_train: the raw training rows (what the estimator was fitted on); their per-feature min and max go
+    into the manifest as `input_ranges`, for the SDK's out-of-range warning, and they bound the outputs
+    when neither output_bound nor x_sample is given. The inputs are named after input_names, else after
+    the estimator's feature_names_in_ (fitted on a DataFrame), else x0, x1, ...
+    """
     from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     preprocess: dict = {"type": "identity"}
     model = estimator
+    scaler = None
     if isinstance(estimator, Pipeline):
         steps = [step for _, step in estimator.steps]
         if len(steps) != 2 or not isinstance(steps[0], StandardScaler):
             raise ExportError("a Pipeline must be StandardScaler followed by the linear model")
         scaler, model = steps
-        preprocess = {"type": "standardize", "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist()}
+        preprocess = _preprocess_manifest(scaler, scaler.n_features_in_)
     if isinstance(model, LogisticRegression):
         W, b = np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_)
         classes = model.classes_.tolist()
@@ -60,17 +182,26 @@ def sklearn_to_artifact(estimator: Any, directory: Path, name: str, input_names:
         raise ExportError(f"{type(model).__name__} is not supported: export LogisticRegression, "
                           "LinearRegression or Ridge")
     n_features = W.shape[1]
+    # A Pipeline answers feature_names_in_ from its first step; asking the steps too costs nothing and does not
+    # depend on that delegation.
+    fitted_names = next((getattr(candidate, "feature_names_in_", None) for candidate in (estimator, scaler, model)
+                         if getattr(candidate, "feature_names_in_", None) is not None), None)
+    names = _input_names(input_names, None if fitted_names is None else list(fitted_names), n_features)
+    ranges = input_ranges(x_train, n_features) if x_train is not None else None
     if output_bound is None:
         if x_sample is None:
-            raise ExportError("give output_bound or x_sample (rows to bound the outputs on)")
+            x_sample = x_train
+        if x_sample is None:
+            raise ExportError("give output_bound, x_sample or x_train (rows to bound the outputs on)")
         scores = np.atleast_2d(estimator.decision_function(x_sample) if hasattr(estimator, "decision_function")
                                else estimator.predict(x_sample))
         output_bound = float(4 * np.max(np.abs(scores)))
     manifest = {
         "name": name, "version": "1", "kind": "linear", "task": task, "description": description,
-        "input_names": input_names or [f"x{i}" for i in range(n_features)],
-        "preprocess": preprocess, "postprocess": post, "output_bound": output_bound,
+        "input_names": names, "preprocess": preprocess, "postprocess": post, "output_bound": output_bound,
     }
+    if ranges is not None:
+        manifest["input_ranges"] = ranges
     artifact.save(directory, manifest, {"W": W.astype(np.float64), "b": b.astype(np.float64)})
     return manifest
 
@@ -430,14 +561,24 @@ def normalize_layers(layers: list[dict]) -> list[dict]:
 
 
 def torch_to_artifact(model: Any, input_shape: tuple[int, ...], directory: Path, name: str, *,
-                      x_sample: np.ndarray, description: str = "", preprocess: dict | None = None,
+                      preprocess: Any | Mapping[str, Sequence[float]] | Literal["none"] = _REQUIRED,
+                      x_sample: np.ndarray | None = None, x_train: Any = None, description: str = "",
                       postprocess: dict | None = None, input_names: list[str] | None = None,
                       training: dict | None = None) -> dict:
     """Export a torch network (nn.Sequential, or an nn.Module whose forward is a chain) of any depth.
 
-    x_sample (already preprocessed rows) bounds the activations. The layers come out as dense
-    (act dense)*; whether that depth fits the encryption parameters is left to the engine.
+    preprocess (required): what turns a raw row into the network's input, applied by the client before
+    it encrypts, so that callers send raw features. Exactly one of a fitted sklearn StandardScaler, a
+    mapping {"mean": [...], "scale": [...]} (x -> (x - mean) / scale, one entry per input), or the string
+    "none" (the network takes the raw features). There is no default: a network trained on scaled
+    inputs and served without its scaling answers every raw row confidently and wrongly.
+    x_train: raw training rows (before preprocessing); their per-feature min and max go into the manifest
+    as `input_ranges`, for the SDK's out-of-range warning.
+    x_sample: already preprocessed rows that bound the activations; by default x_train preprocessed.
+    The layers come out as dense (act dense)*; whether that depth fits the encryption parameters is
+    left to the engine.
     """
+    _check_preprocess_kind(preprocess)
     layers = normalize_layers(torch_layers(model, input_shape))
     if not layers:
         raise ExportError(f"{type(model).__name__}: no Linear, Conv2d, AvgPool2d or BatchNorm layer, nothing to serve")
@@ -446,6 +587,22 @@ def torch_to_artifact(model: Any, input_shape: tuple[int, ...], directory: Path,
     if kinds[0::2] != ["dense"] * len(kinds[0::2]) or kinds[1::2] != ["act"] * len(kinds[1::2]) or len(kinds) % 2 == 0:
         raise ExportError(f"unsupported layer structure {kinds}")
     dense = [layer for layer in layers if layer["type"] == "dense"]
+    n_in = dense[0]["W"].shape[1]
+    pre = _preprocess_manifest(preprocess, n_in)
+    names = _input_names(input_names, None, n_in)
+    ranges = input_ranges(x_train, n_in) if x_train is not None else None
+    if x_sample is None:
+        if x_train is None:
+            raise ExportError("give x_sample (preprocessed rows) or x_train (raw rows) to bound the activations on")
+        x_sample = _apply_preprocess(np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1), pre)
+    elif x_train is not None and pre["type"] != "identity":
+        sample = np.asarray(x_sample, dtype=np.float64).reshape(len(x_sample), -1)
+        raw = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
+        raw_given = sample.shape == raw.shape and np.allclose(sample, raw)
+        if raw_given and not np.allclose(sample, _apply_preprocess(raw, pre)):
+            # Raw rows would size every scale for values the served network never sees.
+            raise ExportError("x_sample holds the raw x_train rows, but x_sample must be preprocessed; "
+                              "leave x_sample out: it defaults to x_train preprocessed")
     bounds = _activation_bounds(layers, x_sample)
     arrays: dict[str, np.ndarray] = {}
     spec = []
@@ -457,16 +614,23 @@ def torch_to_artifact(model: Any, input_shape: tuple[int, ...], directory: Path,
         else:
             spec.append({"type": "act", "beta": layer["beta"], "source": layer["source"],
                          "output_bound": bounds[i]})
-    n_in = dense[0]["W"].shape[1]
     manifest = {
         "name": name, "version": "1", "kind": "network", "description": description,
-        "input_shape": list(input_shape), "input_names": input_names or [f"x{i}" for i in range(n_in)],
-        "layers": spec, "preprocess": preprocess or {"type": "identity"},
+        "input_shape": list(input_shape), "input_names": names,
+        "layers": spec, "preprocess": pre,
         "postprocess": postprocess or {"type": "identity"},
         "output_bound": bounds[-1], "training": training or {},
     }
+    if ranges is not None:
+        manifest["input_ranges"] = ranges
     artifact.save(directory, manifest, arrays)
     return manifest
+
+
+def _apply_preprocess(x: np.ndarray, pre: dict) -> np.ndarray:
+    if pre["type"] == "identity":
+        return x
+    return (x - np.asarray(pre["mean"])) / np.asarray(pre["scale"])
 
 
 def _activation_bounds(layers: list[dict], x: np.ndarray) -> list[float]:

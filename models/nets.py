@@ -114,6 +114,7 @@ def _build(name: str, make_model, split, input_shape, directory: Path, descripti
     torch.manual_seed(RANDOM_STATE)
     torch.set_num_threads(1)  # bitwise-reproducible training
     x_train, x_test, y_train, y_test = split()
+    raw_train = x_train
     x_train, x_test = x_train / DIGIT_SCALE, x_test / DIGIT_SCALE
     model = make_model()
     _train(model, x_train.reshape(len(x_train), *input_shape), y_train, epochs, lr, **train_options)
@@ -123,7 +124,8 @@ def _build(name: str, make_model, split, input_shape, directory: Path, descripti
     n_in = int(np.prod(input_shape))
     torch_to_artifact(
         model, input_shape, directory, name, x_sample=x_train.reshape(len(x_train), -1), description=description,
-        preprocess={"type": "standardize", "mean": [0.0] * n_in, "scale": [DIGIT_SCALE] * n_in},
+        preprocess={"mean": [0.0] * n_in, "scale": [DIGIT_SCALE] * n_in},
+        x_train=raw_train.reshape(len(raw_train), -1),
         postprocess={"type": "softmax", "classes": list(range(10))},
         input_names=[f"pixel_{i}" for i in range(n_in)],
         training={"dataset": "sklearn.datasets.load_digits", "test_size": TEST_SIZE, "random_state": RANDOM_STATE,

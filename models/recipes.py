@@ -15,6 +15,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from heserve.models import artifact
+from heserve.models.export import input_ranges
 
 MODELS_DIR = Path(__file__).resolve().parent
 RANDOM_STATE = 0
@@ -42,7 +43,9 @@ def linear_manifest(
     postprocess: dict,
     output_bound: float,
     training: dict,
+    x_train: np.ndarray,
 ) -> dict:
+    """x_train: the raw training rows, whose ranges the SDK's out-of-range warning compares inputs with."""
     return {
         "name": name,
         "version": "1",
@@ -50,6 +53,7 @@ def linear_manifest(
         "task": task,
         "description": description,
         "input_names": input_names,
+        "input_ranges": input_ranges(x_train, len(input_names)),
         "preprocess": {
             "type": "standardize",
             "mean": scaler.mean_.tolist(),
@@ -82,6 +86,7 @@ def build_breast_cancer_logreg(directory: Path) -> dict:
             "random_state": RANDOM_STATE,
             "test_accuracy": round(accuracy, 4),
         },
+        x_train=x_train,
     )
     artifact.save(directory, manifest, {"W": model.coef_.astype(np.float64), "b": model.intercept_.astype(np.float64)})
     return {"name": manifest["name"], "test_accuracy": accuracy}
@@ -108,6 +113,7 @@ def build_diabetes_linreg(directory: Path) -> dict:
             "random_state": RANDOM_STATE,
             "test_r2": round(r2, 4),
         },
+        x_train=x_train,
     )
     artifact.save(
         directory,
@@ -138,6 +144,7 @@ def build_linnerud_linreg(directory: Path) -> dict:
         {"type": "identity", "output_names": list(data.target_names)},
         output_bound=float(4 * np.max(np.abs(predictions))),
         training={"dataset": "sklearn.datasets.load_linnerud", "test_size": TEST_SIZE, "random_state": RANDOM_STATE},
+        x_train=x_train,
     )
     artifact.save(directory, manifest, {"W": model.coef_.astype(np.float64), "b": model.intercept_.astype(np.float64)})
     return {"name": manifest["name"], "outputs": int(model.coef_.shape[0])}

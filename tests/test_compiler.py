@@ -173,7 +173,7 @@ def test_generated_torch_networks_served_by_gunicorn_agree_with_torch(tmp_path):
     for name, (net, shape) in nets.items():
         net = net.double().eval()
         x = rng.uniform(0, 1, (30, int(np.prod(shape))))
-        torch_to_artifact(net, shape, models_dir / name, name, x_sample=x)
+        torch_to_artifact(net, shape, models_dir / name, name, preprocess="none", x_sample=x)
         with torch.no_grad():
             expected[name] = net(torch.tensor(x.reshape(-1, *shape))).numpy()
         inputs[name] = x

@@ -59,7 +59,7 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 def assert_export_matches_torch(model: nn.Module, input_shape: tuple[int, ...], tmp_path: Path,
                                 rows: int = 7) -> artifact.Artifact:
     x = torch.randn(rows, *input_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    torch_to_artifact(model, input_shape, tmp_path / "m", "m", x_sample=x.reshape(rows, -1).numpy())
+    torch_to_artifact(model, input_shape, tmp_path / "m", "m", preprocess="none", x_sample=x.reshape(rows, -1).numpy())
     art = artifact.load(tmp_path / "m")
     with torch.no_grad():
         expected = copy.deepcopy(model).double()(x).reshape(rows, -1).numpy()
@@ -333,7 +333,7 @@ class TwoInputs(nn.Module):
 )
 def test_exporter_refuses_with_the_layer_named(tmp_path, bad, message):
     with pytest.raises(ExportError, match=message):
-        torch_to_artifact(bad, (4,), tmp_path / "m", "m", x_sample=np.zeros((2, 4)))
+        torch_to_artifact(bad, (4,), tmp_path / "m", "m", preprocess="none", x_sample=np.zeros((2, 4)))
 
 
 def test_a_single_layer_is_a_network(tmp_path):

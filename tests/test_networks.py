@@ -138,7 +138,7 @@ def test_conv_folding_equals_torch():
 )
 def test_exporter_refuses_with_a_named_reason(tmp_path, bad, message):
     with pytest.raises(ExportError, match=message):
-        torch_to_artifact(bad, (4,), tmp_path / "m", "m", x_sample=np.zeros((2, 4)))
+        torch_to_artifact(bad, (4,), tmp_path / "m", "m", preprocess="none", x_sample=np.zeros((2, 4)))
 
 
 def test_poly_activation_network_runs_encrypted(tmp_path):
@@ -151,6 +151,7 @@ def test_poly_activation_network_runs_encrypted(tmp_path):
         (6,),
         tmp_path / "poly-net",
         "poly-net",
+        preprocess="none",
         x_sample=x,
         postprocess={"type": "softmax", "classes": [0, 1, 2]},
     )
@@ -166,7 +167,7 @@ def test_a_two_activation_network_compiles_to_n16384_and_runs_encrypted(tmp_path
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(6, 5), PolyActivation(0.3, -0.7, 0.2), nn.Linear(5, 4), Square(), nn.Linear(4, 3))
     x = np.random.default_rng(1).normal(size=(40, 6))
-    torch_to_artifact(model, (6,), tmp_path / "deep-net", "deep-net", x_sample=x)
+    torch_to_artifact(model, (6,), tmp_path / "deep-net", "deep-net", preprocess="none", x_sample=x)
     expected = model(torch.tensor(x, dtype=torch.float32)).detach().numpy()
     client = in_process_client(tmp_path, tmp_path / "keys")
     encryption = client.model_metadata("deep-net")["parameters"]["encryption"]
