@@ -51,15 +51,25 @@ def load(directory: Path) -> Artifact:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{directory}: cannot read {MANIFEST}: {exc}") from None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ArtifactError(f"{directory}: cannot read {MANIFEST}: {detail}") from None
+    except RecursionError:
+        raise ArtifactError(f"{directory}: {MANIFEST} nests too deeply") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("name"), str):
         raise ArtifactError(f"{directory}: manifest has no name")
     weights = manifest.get("weights", {})
+    if not isinstance(weights, dict):
+        raise ArtifactError(f"{directory}: the manifest's 'weights' must be an object")
+    weights_file = weights.get("file", WEIGHTS)
+    # A plain file name in the artifact's own folder: a manifest must not reach other files.
+    if not isinstance(weights_file, str) or Path(weights_file).name != weights_file or weights_file in ("", ".", ".."):
+        raise ArtifactError(f"{directory}: the weights file must be a file name in the artifact's folder")
     try:
-        with np.load(directory / weights.get("file", WEIGHTS), allow_pickle=False) as npz:
+        with np.load(directory / weights_file, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{directory}: cannot read weights: {exc}") from None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ArtifactError(f"{directory}: cannot read weights ({weights_file}): {detail}") from None
     if weights.get("sha256") != weights_digest(arrays):
         raise ArtifactError(f"{directory}: weights do not match the manifest's checksum")
     return Artifact(manifest, arrays)

@@ -266,7 +266,9 @@ def _tensor_from_json_data(datatype: str, shape: list[int], count: int, data: ob
             return [e.encode("utf-8") for e in flat]
         except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
             raise ProtocolError(f"{where}: BYTES data holds a string that is not valid Unicode", "bad_data") from None
-    if not set(map(type, flat)) <= {int, float, bool}:  # exact types: json.loads makes no subclasses
+    # Exact types (json.loads makes no subclasses); true and false are values of BOOL only.
+    allowed = {int, float, bool} if datatype == "BOOL" else {int, float}
+    if not set(map(type, flat)) <= allowed:
         raise ProtocolError(f"{where}: {datatype} data must be numbers", "bad_data")
     dtype = np.dtype(NUMERIC_DTYPES[datatype])
     if dtype.kind in "iu" and flat:

@@ -107,7 +107,7 @@ class VersionPolicy:
             return cls("all")
         if kind == "latest":
             count = body.get("num_versions", 1)
-            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1_000_000:
                 raise artifact.ArtifactError("version_policy.latest.num_versions must be a positive integer")
             return cls("latest", count)
         if kind == "specific":
@@ -196,7 +196,7 @@ def artifact_versions(directory: Path) -> dict[str, Path]:
     numbered = {
         child.name: child
         for child in directory.iterdir()
-        if child.is_dir() and _VERSION_DIR.match(child.name) and (child / artifact.MANIFEST).is_file()
+        if _VERSION_DIR.fullmatch(child.name) and child.is_dir() and (child / artifact.MANIFEST).is_file()
     }
     if numbered:
         return numbered
@@ -205,9 +205,9 @@ def artifact_versions(directory: Path) -> dict[str, Path]:
         return {}
     try:
         declared = str(json.loads(manifest_path.read_text()).get("version", "1"))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         declared = "1"  # the load reports what is wrong with the manifest
-    return {declared if _VERSION_DIR.match(declared) else "1": directory}
+    return {declared if _VERSION_DIR.fullmatch(declared) else "1": directory}
 
 
 class ModelRegistry:
@@ -292,7 +292,7 @@ class ModelRegistry:
         return sorted(
             child.name
             for child in self.models_dir.iterdir()
-            if child.is_dir() and _MODEL_NAME.match(child.name) and artifact_versions(child)
+            if _MODEL_NAME.fullmatch(child.name) and child.is_dir() and _has_artifact(child)
         )
 
     # --- changes ------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ class ModelRegistry:
     def load(self, name: str) -> ModelEntry:
         """(Re)load one model from disk: its policy's versions, each compiled; the result replaces the
         old entry only once built, so requests in flight keep the versions they resolved."""
-        if self.models_dir is None or not _MODEL_NAME.match(name):
+        if self.models_dir is None or not _MODEL_NAME.fullmatch(name):
             raise ModelNotFound(f"model {name!r} is not in the model repository")
         directory = self.models_dir / name
         if not directory.is_dir():
@@ -320,12 +320,12 @@ class ModelRegistry:
                         raise artifact.ArtifactError(
                             f"its manifest names the model {manifest_name!r}, but it lives in {name}/"
                         )
-                except artifact.ArtifactError as exc:
-                    entry.failed[version] = str(exc).replace(str(versions[version]) + ": ", "")
+                except Exception as exc:  # whatever one artifact does wrong, it is that version's failure
+                    entry.failed[version] = self._reason(exc, versions[version])
             if versions and not entry.served and not entry.failed:
                 entry.reason = f"the version policy {entry.policy.to_json()} selects none of {sorted(versions)}"
-        except artifact.ArtifactError as exc:
-            entry.reason = str(exc)
+        except Exception as exc:  # a bad config.json, an unreadable folder: this model only
+            entry.reason = self._reason(exc, directory)
         with self._lock:
             self.entries[name] = entry
         for version, reason in entry.failed.items():
@@ -334,15 +334,38 @@ class ModelRegistry:
             log.error("model %s is unavailable: %s", name, entry.reason)
         return entry
 
+    def _reason(self, exc: Exception, directory: Path) -> str:
+        """Why a model failed, without the server's paths (clients read it in the index and in 404s)."""
+        if isinstance(exc, RecursionError):
+            return "a JSON file nests too deeply"
+        reason = str(exc) if isinstance(exc, (artifact.ArtifactError, OSError)) else f"{type(exc).__name__}: {exc}"
+        for prefix in (str(directory) + ": ", str(directory) + "/", str(self.models_dir) + "/"):
+            reason = reason.replace(prefix, "")
+        return reason
+
     def unload(self, name: str) -> None:
         with self._lock:
             if name not in self.entries and name not in self.disk_names():
                 raise ModelNotFound(f"model {name!r} is not in the model repository")
             self.entries[name] = ModelEntry(name, reason=UNLOADED)
 
+    def mark_unloaded(self, name: str) -> None:
+        """Another worker unloaded `name`: follow, even if this worker never knew the model."""
+        if not _MODEL_NAME.fullmatch(name):
+            return
+        with self._lock:
+            self.entries[name] = ModelEntry(name, reason=UNLOADED)
+
     def is_unloaded(self, name: str) -> bool:
         entry = self.entries.get(name)
         return entry is not None and entry.reason == UNLOADED and not entry.served
+
+
+def _has_artifact(directory: Path) -> bool:
+    try:
+        return bool(artifact_versions(directory))
+    except OSError:  # a folder that cannot be listed is not a model
+        return False
 
 
 def entry_reason(entry: ModelEntry) -> str:
@@ -361,6 +384,8 @@ def read_policy(directory: Path) -> VersionPolicy:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise artifact.ArtifactError(f"cannot read {MODEL_CONFIG}: {exc}") from None
+    except RecursionError:
+        raise artifact.ArtifactError(f"{MODEL_CONFIG} nests too deeply") from None
     if not isinstance(config, dict):
         raise artifact.ArtifactError(f"{MODEL_CONFIG} must be a JSON object")
     return VersionPolicy.from_json(config.get("version_policy"))

@@ -47,7 +47,9 @@ class RepositoryState:
             return False
         try:
             stat = self.path.stat()
-            signature = (stat.st_mtime_ns, stat.st_size)
+            # Every write is a new file (os.replace): its inode tells it apart from the last one even
+            # when the clock's tick and the size are the same.
+            signature = (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
         except FileNotFoundError:
             signature = None
         if signature == self._seen:
@@ -84,27 +86,34 @@ class Repository:
         self._applied: dict[str, int] = dict(state.read().get("loads", {}))
         self._stale: set[str] = set()
         self._lock = threading.Lock()
+        self._control = threading.Lock()  # one load or unload at a time: registry and state file agree
         state.changed()  # the registry was built from the current state
 
     def sync(self) -> None:
         if not self.state.changed():
             return
         current = self.state.read()
+        unloaded = set(current.get("unloaded", []))
         with self._lock:
-            for name in current.get("unloaded", []):
-                if not self.registry.is_unloaded(name):
-                    self.registry.unload(name)
             for name, count in current.get("loads", {}).items():
-                if self._applied.get(name, 0) < count and name not in current.get("unloaded", []):
-                    self._stale.add(name)
+                if self._applied.get(name, 0) < count:
                     self._applied[name] = count
+                    if name not in unloaded:
+                        self._stale.add(name)
+            for name in unloaded:
+                self._stale.discard(name)  # a load recorded before this unload must not bring it back
+                if not self.registry.is_unloaded(name):
+                    self.registry.mark_unloaded(name)
 
     def _refresh(self, name: str) -> None:
         with self._lock:
             if name not in self._stale:
                 return
             self._stale.discard(name)
-        self.registry.load(name)
+        try:
+            self.registry.load(name)
+        except ModelNotFound:
+            self.registry.mark_unloaded(name)  # its folder went away since another worker loaded it
 
     def lookup(self, name: str, version: str | None = None) -> ServedModel:
         self.sync()
@@ -128,23 +137,27 @@ class Repository:
 
     def load(self, name: str) -> ModelEntry:
         """Load (or reload from disk) one model in this worker, then tell the others."""
-        self.sync()
-        entry = self.registry.load(name)  # ModelNotFound for a name with no directory
-        with self.state.update() as state:
-            state["unloaded"] = [n for n in state["unloaded"] if n != name]
-            state["loads"][name] = state["loads"].get(name, 0) + 1
-            count = state["loads"][name]
-        with self._lock:
-            self._applied[name] = count
-            self._stale.discard(name)
-        return entry
+        with self._control:
+            self.sync()
+            entry = self.registry.load(name)  # ModelNotFound for a name with no directory
+            with self.state.update() as state:
+                state["unloaded"] = [n for n in state["unloaded"] if n != name]
+                state["loads"][name] = state["loads"].get(name, 0) + 1
+                count = state["loads"][name]
+            with self._lock:
+                self._applied[name] = count
+                self._stale.discard(name)
+            return entry
 
     def unload(self, name: str) -> None:
-        self.sync()
-        self.registry.unload(name)  # ModelNotFound for a name the repository does not have
-        with self.state.update() as state:
-            if name not in state["unloaded"]:
-                state["unloaded"].append(name)
+        with self._control:
+            self.sync()
+            self.registry.unload(name)  # ModelNotFound for a name the repository does not have
+            with self._lock:
+                self._stale.discard(name)
+            with self.state.update() as state:
+                if name not in state["unloaded"]:
+                    state["unloaded"].append(name)
 
 
 __all__ = ["ModelNotFound", "Repository", "RepositoryState"]

@@ -20,14 +20,17 @@ MAX_CONTROL_BODY = 64 * 1024  # a load or index request carries a few parameters
 TRITON_TYPES = {"FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BYTES": "TYPE_STRING"}
 
 
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
 def control_body() -> dict:
     """The optional JSON body of a repository request (tritonclient sends "" or an object)."""
     check_media_type()
     if (request.content_length or 0) > MAX_CONTROL_BODY:
         raise PayloadTooLarge(f"a repository request may take {MAX_CONTROL_BODY} bytes")
-    raw = read_body()
-    if len(raw) > MAX_CONTROL_BODY:
-        raise PayloadTooLarge(f"a repository request may take {MAX_CONTROL_BODY} bytes")
+    raw = read_body(
+        MAX_CONTROL_BODY, lambda: PayloadTooLarge(f"a repository request may take {MAX_CONTROL_BODY} bytes")
+    )
     if not raw.strip():
         return {}
     try:
@@ -39,25 +42,25 @@ def control_body() -> dict:
     return body
 
 
-def require_operator() -> None:
-    """Loading and unloading models is for operators: an API key with the operator role or, on a server
-    with no API keys, a client on this machine (loopback)."""
+def require_operator(what: str) -> None:
+    """The repository and statistics extensions are for operators: an API key with the operator role
+    or, on a server with no API keys, a client on this machine (loopback, and not relayed by a proxy
+    on this machine: nginx in front would make every client look local)."""
     if services().api_keys.enabled:
         if g.get("role") != OPERATOR:
-            raise Forbidden("loading and unloading models takes an API key with the operator role", "operator_only")
+            raise Forbidden(f"{what} takes an API key with the operator role", "operator_only")
         return
     try:
         local = ipaddress.ip_address(request.remote_addr or "").is_loopback
     except ValueError:
         local = False
-    if not local:
-        raise Forbidden(
-            "this server has no API keys: models are loaded and unloaded from this machine only", "operator_only"
-        )
+    if not local or any(header in request.headers for header in FORWARDING_HEADERS):
+        raise Forbidden(f"this server has no API keys: {what} is for clients on this machine only", "operator_only")
 
 
 @bp.route("/v2/repository/index", methods=["GET", "POST"])
 def repository_index():
+    require_operator("the repository index")
     body = control_body() if request.method == "POST" else {}
     ready_only = body.get("ready", False)
     if not isinstance(ready_only, bool):
@@ -68,7 +71,7 @@ def repository_index():
 
 @bp.post("/v2/repository/models/<name>/load")
 def repository_load(name: str):
-    require_operator()
+    require_operator("loading models")
     parameters = control_body().get("parameters", {})
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object", code="bad_parameter")
@@ -90,7 +93,7 @@ def repository_load(name: str):
 
 @bp.post("/v2/repository/models/<name>/unload")
 def repository_unload(name: str):
-    require_operator()
+    require_operator("unloading models")
     parameters = control_body().get("parameters", {})
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be an object", code="bad_parameter")
@@ -134,6 +137,8 @@ def model_configuration(name: str, version: str | None = None):
 @bp.get("/v2/models/<name>/stats")
 @bp.get("/v2/models/<name>/versions/<version>/stats")
 def model_statistics(name: str | None = None, version: str | None = None):
+    # Counts and times of every tenant's requests: when and how much each model is used.
+    require_operator("inference statistics")
     svc = services()
     if name is None:
         svc.repository.index()  # brings this worker up to date with loads made through the others

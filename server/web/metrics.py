@@ -92,6 +92,7 @@ class ServerProcesses:
         yield memory
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
@@ -167,6 +168,8 @@ class Metrics:
         )
 
     def observe(self, route: str, method: str, status: int, bytes_in: int, bytes_out: int) -> None:
+        # The method is the client's word: any other token would be a new time series per request.
+        method = method if method in HTTP_METHODS else "other"
         self.requests.labels(route, method, str(status)).inc()
         self.bytes_in.labels(route).inc(bytes_in)
         self.bytes_out.labels(route).inc(bytes_out)

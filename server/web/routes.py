@@ -37,15 +37,29 @@ def services() -> Services:
     return current_app.extensions["heserve"]
 
 
-def read_body() -> bytes:
-    """The request body, read under the configured timeout (408 for a client that stalls)."""
+def read_body(limit: int | None = None, too_large=None) -> bytes:
+    """The request body, read under the configured timeout (408 for a client that stalls).
+
+    With `limit`, reading stops at limit + 1 bytes and `too_large()` is raised: a chunked body
+    declares no length, and must not be buffered whole to learn that it is too long."""
     timeout = services().config.read_timeout_seconds
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:
         sock.settimeout(timeout)
     started = time.monotonic()
     try:
-        return request.get_data(cache=False)
+        if limit is None:
+            return request.get_data(cache=False)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = request.stream.read(min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise too_large()
+        return b"".join(chunks)
     except (OSError, ClientDisconnected):
         # gunicorn's reader reports a socket timeout as an early end of the body: tell them apart by time.
         if time.monotonic() - started >= 0.9 * timeout:
@@ -192,9 +206,8 @@ def model_infer(name: str, version: str | None = None):
     started = time.perf_counter()
     try:
         tenant = quota_tenant()
-        payload = read_body()
-        if json_only and len(payload) > limit:  # chunked bodies declare no length up front
-            raise json_too_large(limit)
+        # A JSON body is bounded while it is read (chunked bodies declare no length up front).
+        payload = read_body(limit, lambda: json_too_large(limit)) if json_only else read_body()
         info["queue_ns"] = int((time.perf_counter() - g.get("started", started)) * 1e9)
         body, length = infer(
             model,
@@ -250,9 +263,7 @@ def register_keys():
     limit = keys.largest_upload()
     if (request.content_length or 0) > limit:
         raise body_too_large(limit, "a key registration")
-    body = read_body()
-    if len(body) > limit:  # chunked bodies declare no length up front
-        raise body_too_large(limit, "a key registration")
+    body = read_body(limit, lambda: body_too_large(limit, "a key registration"))
     record = keys.register(body, header_length(), owner(), quota_tenant())
     g.audit_key_id = record.key_id
     return jsonify(record.public_view()), 201
