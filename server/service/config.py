@@ -14,6 +14,13 @@ ENV_PREFIX = "HESERVE_"
 KEY_STORES = ("disk", "redis")
 
 
+def _default_web_dir() -> Path | None:
+    """The web page (js/app) of a source checkout: <repo>/server/service/config.py -> <repo>/js/app.
+    An installed wheel has no js/: None, and /app/ answers 404 web_app_not_installed."""
+    candidate = Path(__file__).resolve().parents[2] / "js" / "app"
+    return candidate if (candidate / "index.html").is_file() else None
+
+
 def _default_keys_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "heserve" / "keys"
@@ -60,6 +67,8 @@ class ServerConfig:
     # State the workers of one server share (models an operator unloaded); heserve-server makes a fresh
     # one per start. None: kept in memory (an application built in process).
     run_dir: Path | None = None
+    # The browser page served at /app/ (static files; the JS SDK beside it in ../src). None: not served.
+    web_dir: Path | None = field(default_factory=_default_web_dir)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> ServerConfig:
@@ -74,6 +83,8 @@ class ServerConfig:
                 setattr(config, name, value)
         config.models_dir = Path(config.models_dir)
         config.keys_dir = Path(config.keys_dir)
+        if config.web_dir is not None:
+            config.web_dir = Path(config.web_dir)
         if config.key_store not in KEY_STORES:
             raise ValueError(f"{ENV_PREFIX}KEY_STORE must be one of {', '.join(KEY_STORES)}, got {config.key_store!r}")
         return config

@@ -8,7 +8,7 @@ from flask import Flask
 
 from heserve.server.service.config import ServerConfig
 from heserve.server.service.services import Services
-from heserve.server.web import audit, extensions, metrics
+from heserve.server.web import audit, extensions, metrics, webapp
 from heserve.server.web.errors import register_error_handlers
 from heserve.server.web.routes import bp
 
@@ -25,5 +25,6 @@ def create_app(config: ServerConfig | None = None) -> Flask:
     audit.install(app)
     app.register_blueprint(bp)
     app.register_blueprint(extensions.bp)
+    app.register_blueprint(webapp.bp)
     logging.getLogger("heserve").setLevel(config.log_level.upper())
     return app

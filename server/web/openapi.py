@@ -15,6 +15,11 @@ def _json(description: str, schema: dict | None = None) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
+def _static(description: str) -> dict:
+    types = ("text/html", "text/javascript", "text/css", "application/wasm")
+    return {"description": description, "content": {t: {"schema": {"type": "string"}} for t in types}}
+
+
 def _path_param(name: str) -> dict:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -97,6 +102,13 @@ def document() -> dict:
     }
     index = {"200": _json("every model in the repository", {"type": "array", "items": index_row})}
     stats = {"200": _json("statistics (Triton's shape), totals of every worker"), **_errors(401, 404, 429)}
+    static_file = {
+        "get": {
+            "security": [],
+            "parameters": [_path_param("filename")],
+            "responses": {"200": _static("a file of the page"), **_errors(404)},
+        }
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -193,6 +205,11 @@ def document() -> dict:
                 }
             },
             "/openapi.json": {"get": {"responses": {"200": _json("this document"), **_errors(401)}}},
+            # The browser page (static files, no API key): html, JavaScript, CSS, WebAssembly.
+            "/app/": {"get": {"security": [], "responses": {"200": _static("the page (index.html)"), **_errors(404)}}},
+            "/app/{filename}": static_file,
+            "/app/sdk/{filename}": static_file,
+            "/app/vendor/{filename}": static_file,
             "/metrics": {
                 "get": {
                     "responses": {

@@ -111,6 +111,8 @@ def authenticate() -> None:
     svc = services()
     if request.path.startswith("/v2/health/") and svc.config.auth_exempt_health:
         return
+    if request.method in ("GET", "HEAD") and (request.path == "/app" or request.path.startswith("/app/")):
+        return  # the web page's static files (heserve.server.web.webapp): public; its API calls carry the key
     if svc.config.auth_exempt_metrics and request.path == "/metrics":
         return
     g.tenant, g.role = svc.api_keys.identify(request.headers.get("Authorization"))
