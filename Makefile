@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup js system-packages demo serve test test-fast lint bench bench-fleet bench-limits models clean
+.PHONY: setup js system-packages demo serve test test-fast lint bench bench-fleet bench-limits bench-clients models clean
 
 # The project is installed (editable, with every extra) against the exact pins of requirements.txt:
 # `heserve`, `heserve-server` and `import heserve` then work from anywhere, with no path set.
@@ -59,6 +59,10 @@ bench-fleet: setup system-packages
 # The most one request can cost a worker, per route, with the default limits (~3 min).
 bench-limits: setup
 	$(PY) -m heserve.benchmarks.limits
+
+# The Python and the JavaScript SDK side by side on the same server, step by step (~15 s).
+bench-clients: setup js
+	$(PY) -m heserve.benchmarks.clients
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache js/node_modules js/app/vendor
