@@ -912,9 +912,8 @@ def with_version(blob: bytes, version: tuple[int, int]) -> bytes:
     """A ciphertext this server serialized (seal_io.dump), written for a client whose SEAL is `version`.
 
     In the version it already has: `blob` itself, as it was. In another accepted version (SEAL
-    4.1 loads only 4.1 headers): uncompressed (a result's coefficients are uniformly random, so
-    compression gains nothing), checked as a client's ciphertext is, and with `version` in
-    every header its structure holds. Layouts are identical between accepted versions, so no
+    4.1 loads only 4.1 headers): checked as a client's ciphertext is, with `version` in every
+    header its structure holds, and zstd-compressed as SEAL writes it when that is smaller. Layouts are identical between accepted versions, so no
     other byte changes. ValueError for a version not in ACCEPTED_VERSIONS.
     """
     version = (int(version[0]), int(version[1]))
@@ -931,7 +930,7 @@ def with_version(blob: bytes, version: tuple[int, int]) -> bytes:
         raise _fail(f"{what} is too short to be a ciphertext")
     _, degree, count = struct.unpack_from("<3Q", plain, HEADER + 33)
     if _plain_ciphertext(plain, degree, count, SEAL_CIPHERTEXT_SIZE_MAX, True, None) is not None:
-        return _retagged(plain, version)
+        return _zstd_framed(_retagged(plain, version))
     # Not the ciphertext SEAL writes: the walker says what is wrong with it.
     walker = _Walker(allow_compressed=False, write_version=version)
     walker.object(
@@ -950,6 +949,21 @@ def with_version(blob: bytes, version: tuple[int, int]) -> bytes:
         top=True,
     )
     return bytes(walker.out)
+
+
+def _zstd_framed(plain: bytes) -> bytes:
+    """A SEAL object compressed as SEAL compresses it (header with mode zstd, then one zstd frame of
+    everything after it), when that is smaller: coefficients below 2^45 in 64-bit words leave a
+    quarter of the bytes to gain, uniformly random 60-bit ones nothing."""
+    import zstandard
+
+    body = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(plain[HEADER:])
+    if HEADER + len(body) >= len(plain):
+        return plain
+    header = bytearray(plain[:HEADER])
+    header[5] = COMPR_ZSTD
+    struct.pack_into("<Q", header, 8, HEADER + len(body))
+    return bytes(header) + body
 
 
 def canonical_kswitch_keys(
