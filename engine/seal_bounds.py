@@ -913,8 +913,9 @@ def with_version(blob: bytes, version: tuple[int, int]) -> bytes:
 
     In the version it already has: `blob` itself, as it was. In another accepted version (SEAL
     4.1 loads only 4.1 headers): checked as a client's ciphertext is, with `version` in every
-    header its structure holds, and zstd-compressed as SEAL writes it when that is smaller. Layouts are identical between accepted versions, so no
-    other byte changes. ValueError for a version not in ACCEPTED_VERSIONS.
+    header its structure holds, and zstd-compressed as SEAL writes it when that is smaller.
+    Layouts are identical between accepted versions, so no other byte of the contents changes.
+    ValueError for a version not in ACCEPTED_VERSIONS.
     """
     version = (int(version[0]), int(version[1]))
     if version not in ACCEPTED_VERSIONS:

@@ -327,6 +327,7 @@ def test_every_response_has_a_request_id_and_an_audit_line_without_payload(serve
     assert all(line.startswith("{") for line in server.log().splitlines() if line.strip())  # JSON lines only
     entry = next(line for line in lines if line.get("request_id") == "trace-42")
     assert entry["status"] == 404 and entry["model"] == "nope" and entry["route"] == "/v2/models/<name>"
+    assert entry["code"] == "model_not_found"  # the refusal's machine-readable code, never its message
     assert set(entry) == {
         "ts",
         "event",
@@ -337,6 +338,7 @@ def test_every_response_has_a_request_id_and_an_audit_line_without_payload(serve
         "model",
         "key_id",
         "status",
+        "code",
         "bytes_in",
         "bytes_out",
         "duration_ms",
