@@ -94,7 +94,7 @@ class KeyService:
     def allowed_elements(self, params: CKKSParams) -> set[int]:
         """The Galois elements some served model with these parameters uses: no others are accepted."""
         wanted: set[int] = set()
-        for model in self.registry.models.values():
+        for model in self.registry.served_models():
             if model.spec.ckks == params:
                 for layout in model.spec.layouts:
                     wanted.update(model.plan.required_galois_elements(layout))
@@ -107,7 +107,7 @@ class KeyService:
         Anything larger is refused before it is read: the body limit is set for batch uploads
         (hundreds of MB), far above what keys can take (tens of MB at most)."""
         largest = 0
-        for params in {model.spec.ckks for model in self.registry.models.values()}:
+        for params in {model.spec.ckks for model in self.registry.served_models()}:
             n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
             size = seal_bounds.kswitch_keys_bound(n, primes, len(self.allowed_elements(params)))
             size += seal_bounds.ciphertext_bound(n, primes)  # the public key, unseeded
@@ -117,7 +117,7 @@ class KeyService:
         return largest + v2.DEFAULT_MAX_HEADER_BYTES
 
     def relin_allowed(self, params: CKKSParams) -> bool:
-        return any(m.spec.ckks == params and m.spec.relin_keys_needed for m in self.registry.models.values())
+        return any(m.spec.ckks == params and m.spec.relin_keys_needed for m in self.registry.served_models())
 
     def register(self, body: bytes, header_length: int | None, owner: str = "", tenant: str | None = None) -> KeyRecord:
         """Check, parse and re-serialize public evaluation keys, then store them under a new id.

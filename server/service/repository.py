@@ -120,11 +120,6 @@ class Repository:
         self._refresh(name)
         return self.registry.lookup(name, version)
 
-    def entry(self, name: str) -> ModelEntry | None:
-        self.sync()
-        self._refresh(name)
-        return self.registry.entry(name)
-
     def refresh_all(self) -> None:
         """Every model loaded through another worker, loaded here too (before listing all models)."""
         self.sync()

@@ -141,7 +141,7 @@ def model_statistics(name: str | None = None, version: str | None = None):
     require_operator("inference statistics")
     svc = services()
     if name is None:
-        svc.repository.index()  # brings this worker up to date with loads made through the others
+        svc.repository.refresh_all()  # brings this worker up to date with loads made through the others
         pairs = [(m.name, m.version) for m in sorted(svc.registry.served_models(), key=lambda m: (m.name, m.version))]
     else:
         model_or_404(name, version)  # 404 for a model or version not served
