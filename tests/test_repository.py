@@ -215,3 +215,21 @@ def test_statistics_count_what_was_sent(repo, tmp_path):
     every = client.get("/v2/models/stats").json["model_stats"]
     assert {(s["name"], s["version"]) for s in every} == {("m", "2"), (OTHER, "1")}
     assert client.get("/v2/models/bad/stats").status_code == 404
+
+
+def test_a_request_naming_many_outputs_costs_little(repo, tmp_path):
+    """The `outputs` list is the client's: 200,000 entries (a few MB of JSON, under the JSON body limit)
+    are refused with a 400 in well under a second, duplicates or not, before any evaluation."""
+    import time
+
+    client = app_for(repo, tmp_path)
+    for outputs in (
+        [{"name": "output"}] * 200_000,
+        [{"name": f"o{i}"} for i in range(200_000)],
+    ):
+        started = time.perf_counter()
+        answer = client.post("/v2/models/m/infer", json=plain_request(10, outputs=outputs))
+        assert answer.status_code == 400 and answer.json["code"] in ("malformed_request", "unknown_output")
+        assert time.perf_counter() - started < 2.0
+    (stats,) = client.get("/v2/models/m/stats").json["model_stats"]
+    assert stats["execution_count"] == 0 and stats["inference_stats"]["fail"]["count"] == 2

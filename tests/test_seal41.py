@@ -544,3 +544,25 @@ def test_records_stored_before_the_version_field_load_as_4_3(tmp_path):
     loaded = store.get(record.key_id)
     assert loaded is not None and loaded.seal_version == "4.3"
     assert loaded.public_view()["seal_version"] == "4.3"
+
+
+def test_a_4_1_compressed_frame_is_bounded_as_a_4_3_one(linear41):
+    """A key holder writing SEAL 4.1 headers gets no more room than one writing 4.3: a zstd frame that
+    would inflate past what the parameters allow (here 64 MB of zeros in ~2 KB) is refused while it
+    is read, in milliseconds, whatever the version in the header."""
+    import time
+
+    n = LINEAR.poly_modulus_degree
+    honest = linear41.bytes("ciphertext.seeded.none.bin")
+    inflated = honest[16:] + bytes(64 << 20)
+    frame = zstandard.ZstdCompressor(level=3).compress(inflated)
+    assert len(frame) < 1 << 16
+    for version in (V41, V43):
+        header = bytearray(honest[:16])
+        header[3:5] = bytes(version)
+        header[5] = 2  # zstd
+        struct.pack_into("<Q", header, 8, 16 + len(frame))
+        started = time.perf_counter()
+        code = _code(lambda h=bytes(header): seal_bounds.canonical_ciphertext(h + frame, n, 1, "ct"))
+        assert code == seal_bounds.TOO_LARGE, code
+        assert time.perf_counter() - started < 1.0
