@@ -167,7 +167,8 @@ def main() -> int:
             predicted = deep.predict(digits[:4], layout="single")
             t_deep = time.perf_counter() - t
             print(
-                f"digits-cryptonets (conv-x^2-pool-dense-x^2-dense, depth 5, N=16384), 4 images: "
+                f"digits-cryptonets (conv-x^2-pool-dense-x^2-dense, depth 5, "
+                f"N={deep.spec.ckks.poly_modulus_degree}), 4 images: "
                 f"{predicted.tolist()} (truth {digit_labels[:4].tolist()}) in {t_deep * 1e3:.0f} ms "
                 f"after a {t_keys:.1f} s key registration"
             )

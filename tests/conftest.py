@@ -19,12 +19,12 @@ PROCESS_FIXTURES = {"server", "client", "redis_server"}
 SLOW_TESTS = {
     "test_a_shared_client_and_scripts_reloaded_after_a_restart",
     "test_redis_down_is_unavailable_quickly_and_recovers",
-    # Real SEAL at N=16384, Galois keys generated once per published element: 10-40 s each.
+    # Real SEAL at N=8192-16384, Galois keys generated once per published element: 10-40 s each.
     "test_generated_networks_keep_the_plan_contract",
     "test_a_folded_conv_network_keeps_the_plan_contract",
     "test_generated_torch_networks_served_by_gunicorn_agree_with_torch",
 }
-# Parametrized cases that run networks of several activations (N=16384).
+# Parametrized cases that run networks of several activations (N=8192 with 7 primes, N=16384).
 SLOW_PARAMETERS = ("[digits-cryptonets", "[digits-mlp3")
 
 

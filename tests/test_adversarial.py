@@ -584,13 +584,13 @@ def test_quotas_are_shared_by_instances_on_one_redis(tmp_path):
             assert_refused(response, 429, "key_quota_exceeded")
 
 
-# --- the N=16384 networks: the costliest requests a key holder can send ------------------------------
+# --- the deep networks: the costliest requests a key holder can send --------------------------------
 DEEP = "digits-cryptonets"
 
 
 @pytest.fixture(scope="module")
 def deep_worker(tmp_path_factory):
-    """One worker with a 2 s request limit: a deep single row costs ~0.5 s, a batch chunk ~15 s."""
+    """One worker with a 2 s request limit: a deep single row costs ~0.25 s, a batch chunk ~6 s."""
     proc = start_server(tmp_path_factory.mktemp("deep"), workers=1, max_request_seconds="2")
     yield proc
     proc.stop()
@@ -606,7 +606,7 @@ def deep_key(deep_worker):
 
 
 def test_deep_single_rows_past_the_time_limit_are_stopped_within_a_row(deep_worker, deep_key):
-    """40 rows at ~0.5 s each ask for ~20 s of a worker; the limit stops them at 2 s plus one row."""
+    """40 rows at ~0.25 s each ask for ~10 s of a worker; the limit stops them at 2 s plus one row."""
     spec, secret, key_id = deep_key
     row = encrypt_single(secret, spec, np.zeros(spec.n_features))
     watch = Watch(deep_worker)
@@ -621,7 +621,7 @@ def test_deep_single_rows_past_the_time_limit_are_stopped_within_a_row(deep_work
 
 
 def test_deep_batch_chunks_past_the_time_limit_are_stopped_after_one_chunk(deep_worker, deep_key):
-    """Two full 8,192-row chunks (64 full ciphertexts each, ~200 MB): the limit is checked between
+    """Two full 4,096-row chunks (64 full ciphertexts each, ~50 MB): the limit is checked between
     chunks, so at most one chunk is evaluated; the worker's memory stays within what one chunk takes."""
     spec, secret, key_id = deep_key
     column = secret.encrypt(np.zeros(8), 2.0**spec.input_scale_bits, seeded=False)
@@ -636,5 +636,5 @@ def test_deep_batch_chunks_past_the_time_limit_are_stopped_after_one_chunk(deep_
     elapsed = time.monotonic() - started
     assert_refused(response, 413, "deadline_exceeded")
     watch.check(seconds=elapsed + 1, rss_bound=3 * 1024**3)
-    # One chunk, not two: the first chunk alone takes ~15 s here; two would take twice that.
+    # A chunk takes ~6 s here (up to twice that on a loaded machine): the deadline ends the request.
     assert elapsed < 45, f"the worker spent {elapsed:.1f} s"

@@ -53,11 +53,13 @@ test('digits-mlp in the batch layout (full ciphertexts, one per feature)', { ski
 })
 
 test('deep networks, single layout, one row each', { skip: NO_SERVER, timeout: 180_000 }, async () => {
+  // depth 5 fits N=8192 with 27-bit primes; depth 7 needs N=16384
+  const rings = { 'digits-cryptonets': 8192, 'digits-mlp3': 16384 }
   for (const [i, name] of ['digits-cryptonets', 'digits-mlp3'].entries()) {
     const { model, run } = await agrees(name, 'single', 1, 40 + i)
-    assert.equal(model.spec.ckks.poly_modulus_degree, 16384)
+    assert.equal(model.spec.ckks.poly_modulus_degree, rings[name])
     assert.ok(model.spec.layouts.single.rowsPerRequest > 0)
-    assert.ok(run.keyBytes > 30e6, `${name}: ${run.keyBytes} bytes of keys`)
+    assert.ok(run.keyBytes > 5e6, `${name}: ${run.keyBytes} bytes of keys`)
     assert.ok(run.keygenMs > 0 && run.registerMs > 0, 'keys made and registered for each parameter set')
   }
 })
