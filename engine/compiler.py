@@ -38,6 +38,10 @@ SPECIAL_PRIME_MARGIN_BITS = 11
 # a CryptoNets-class network (two squares) keeps its logits within ~4e-4 of plaintext (2^40:
 # ~1e-7) and fits N=8192, where it runs 2.3x faster than at N=16384, with a third of the keys.
 MAX_SCALE_BITS, MIN_SCALE_BITS = 40, 26
+# ... but every activation (a square) doubles the relative error its input carries: with noise
+# ~2^10 at the scale 2^s (encryption, key switching, rescaling), a activations leave ~2^(a+10-s)
+# of the outputs, so a network of a activations gets a scale of at least 2^(20 + a).
+SCALE_BITS_BASE = 20
 # The batch layout multiplies coefficients modulo each prime in numpy (engine.modmath), which is
 # exact for primes below 2^50; q0 is the largest prime a ciphertext carries.
 MAX_LAST_PRIME_BITS = 50
@@ -194,23 +198,24 @@ def choose_parameters(depth: int, output_bound: float, widest: int, widest_name:
                       ) -> tuple[CKKSParams, int]:
     """The smallest ring (then the largest data scale) holding `depth` levels at 128-bit security."""
     out_bits = _bits(output_bound)
+    min_scale = max(MIN_SCALE_BITS, SCALE_BITS_BASE + (depth - 1) // 2)
     reasons = []
     for n in RING_DEGREES:
         if widest > n // 2:
             reasons.append(f"N={n} has {n // 2} slots, {widest_name} needs {widest}")
             continue
-        for scale in range(MAX_SCALE_BITS, MIN_SCALE_BITS - 1, -1):
+        for scale in range(MAX_SCALE_BITS, min_scale - 1, -1):
             last = scale + out_bits + OUTPUT_HEADROOM_BITS
             if last > MAX_LAST_PRIME_BITS:
                 continue
             special = min(SPECIAL_PRIME_BITS, MAX_COEFF_BITS_128[n] - last - depth * scale)
             if special >= max(last, scale) + SPECIAL_PRIME_MARGIN_BITS:
                 return CKKSParams(n, (last, *([scale] * depth), special)), scale
-        last = MIN_SCALE_BITS + out_bits + OUTPUT_HEADROOM_BITS
-        special = max(last, MIN_SCALE_BITS) + SPECIAL_PRIME_MARGIN_BITS
-        levels = max(0, (MAX_COEFF_BITS_128[n] - special - last) // MIN_SCALE_BITS)
-        reasons.append(f"N={n} allows {levels} levels")
-    if out_bits + MIN_SCALE_BITS + OUTPUT_HEADROOM_BITS > MAX_LAST_PRIME_BITS:
+        last = min_scale + out_bits + OUTPUT_HEADROOM_BITS
+        special = last + SPECIAL_PRIME_MARGIN_BITS
+        levels = max(0, (MAX_COEFF_BITS_128[n] - special - last) // min_scale)
+        reasons.append(f"N={n} allows {levels} levels at 2^{min_scale}")
+    if out_bits + min_scale + OUTPUT_HEADROOM_BITS > MAX_LAST_PRIME_BITS:
         raise CompileError(f"outputs up to {output_bound:g} do not fit a {MAX_LAST_PRIME_BITS}-bit last prime")
     raise CompileError(f"depth {depth} does not fit at 128-bit security ({'; '.join(reasons)})")
 
