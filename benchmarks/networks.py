@@ -600,12 +600,13 @@ def op_costs(services, name: str) -> dict:
     relin = sealapi.RelinKeys()
     secret._keygen.create_relin_keys(relin)
     ev = runtime.evaluator
-    ct = seal_io.load(sealapi.Ciphertext, runtime.context, secret.encrypt(np.zeros(4), 2.0**30), "c")
-    # (the scale does not change what an operation costs)
+    # The scale does not change what an operation costs; 2^20 keeps a product (2^40) within the
+    # second-to-last level of every plan (a 36-bit last prime at N=8192 and 26-27-bit primes).
+    ct = seal_io.load(sealapi.Ciphertext, runtime.context, secret.encrypt(np.zeros(4), 2.0**20), "c")
     seeded = secret.encrypt(np.zeros(4), getattr(plan, "single_input_scale", plan.input_scale))
     costs = {"load_seeded_ciphertext@0": _ms(lambda: seal_io.load(sealapi.Ciphertext, runtime.context, seeded, "c"))}
     for level in range(len(plan.levels)):
-        plain = plan._encode(np.full(runtime.slots, 0.5), 2.0**8, level)  # cost does not depend on scale
+        plain = plan._encode(np.full(runtime.slots, 0.5), 2.0**4, level)
         out = sealapi.Ciphertext()
         costs[f"multiply_plain@{level}"] = _ms(lambda c=ct, p=plain, o=out: ev.multiply_plain(c, p, o))
         costs[f"add@{level}"] = _ms(lambda c=ct, o=out: ev.add(c, c, o))
