@@ -3,6 +3,7 @@
 // public key, the Galois keys for the model's rotation steps, the relinearization keys and the
 // binding key, none of which reveals the secret key.
 
+import { mod, modPow, rint } from './arith.js'
 import { bindingTag, newBindingKey } from './binding.js'
 import { toHex, fromHex } from './blake2b.js'
 import { HEServeError, InputError, KeyStoreError, ProtocolError } from './errors.js'
@@ -18,27 +19,6 @@ const HEADER = 16 // SEALHeader
 const MAGIC = 0xa15e
 const CT_PREFIX = 32 + 1 + 8 * 5 // parms_id, NTT flag, size, N, primes, scale, correction factor
 const MAX_COEFFICIENT = 2 ** 62
-
-/** numpy's rint: halves round to even, as the Python SDK rounds. @param {number} x */
-function rint(x) {
-  const r = Math.round(x)
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r
-}
-
-/** @param {bigint} a @param {bigint} q */
-const mod = (a, q) => ((a % q) + q) % q
-
-/** @param {bigint} base @param {bigint} exponent @param {bigint} q */
-function modPow(base, exponent, q) {
-  let result = 1n
-  base = mod(base, q)
-  while (exponent > 0n) {
-    if (exponent & 1n) result = (result * base) % q
-    base = (base * base) % q
-    exponent >>= 1n
-  }
-  return result
-}
 
 /**
  * Write a SEALHeader (uncompressed) at `offset`.

@@ -26,6 +26,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import SEAL from 'node-seal'
 
+import { mod, modPow, rint } from '../src/arith.js'
+
 const HEADER = 16
 const MAGIC = 0xa15e
 const CT_PREFIX = 32 + 1 + 8 * 5 // parms_id, NTT flag, size, N, primes, scale, correction factor
@@ -145,25 +147,6 @@ function firstLevel(context) {
   const vector = data.parms().coeffModulus()
   for (let i = 0; i < vector.size(); i++) moduli.push(vector.get(i).value())
   return { parmsId: Array.from(context.firstParmsId().values()), moduli, n: data.parms().polyModulusDegree() }
-}
-
-// numpy's rint: halves round to even, as the Python SDK rounds.
-function rint(x) {
-  const r = Math.round(x)
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r
-}
-
-const mod = (a, q) => ((a % q) + q) % q
-
-function modPow(base, exponent, q) {
-  let result = 1n
-  base = mod(base, q)
-  while (exponent > 0n) {
-    if (exponent & 1n) result = (result * base) % q
-    base = (base * base) % q
-    exponent >>= 1n
-  }
-  return result
 }
 
 // The Python SDK's coefficient encoding (engine/coefficients.py CoefficientCodec.encode): values[i] times
