@@ -81,3 +81,23 @@ def test_a_deep_plan_charges_what_a_complex_slot_can_answer(registry, name, acti
     assert layouts["single"]["rows_per_request"] * served.plan.schedule.single_row_seconds() <= 7.5
     assert layouts["single"]["rows_charged"] == charge
     assert layouts["batch"]["rows_charged"] == charge * served.plan.runtime.slots
+
+
+def test_the_check_catches_one_copy_of_an_output_that_differs(registry, monkeypatch):
+    """A deep plan whose result held, in one copy of output 0, something other than that output (here
+    0.05 more: 25x the agreement tolerance, far below the outputs' size) breaks the contract, at the
+    precision N=8192 with 27-bit primes leaves."""
+    served = registry.get("digits-cryptonets")
+    plan = served.plan
+    original = type(plan).evaluate_single
+
+    def leaky(self, cts, keys):
+        (ct,) = original(self, cts, keys)
+        extra = np.zeros(self.runtime.slots)
+        extra[self.schedule.dense[-1].d_out] = 0.05  # the second copy of output 0
+        self.runtime.evaluator.add_plain_inplace(ct, self._encode(extra, ct.scale, len(self.levels) - 1))
+        return [ct]
+
+    monkeypatch.setattr(type(plan), "evaluate_single", leaky)
+    with pytest.raises(PlanContractError, match="slots of one output differ"):
+        check_plan(plan, preprocessed_rows(served, 1))
