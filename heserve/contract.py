@@ -5,7 +5,8 @@
 
 For a compiled plan (heserve.engine.plan.Plan) and real SEAL keys made here, it checks:
 1. agreement: every layout's encrypted result, decrypted after the server's re-randomization,
-   equals plan.plaintext(x);
+   equals plan.plaintext(x), within `tolerance` of the outputs' size (absolute for outputs below 1:
+   CKKS errors are relative to the values, a square doubling the relative error it receives);
 2. nothing but the outputs: a single-layout input crafted by the key's owner (random values in
    every slot or every coefficient) gives, in every slot or coefficient of every result, an output
    for one input vector the owner could have sent honestly, or nothing readable;
@@ -41,6 +42,11 @@ class PlanContractError(AssertionError):
 class _Keys:
     galois: sealapi.GaloisKeys | None
     relin: sealapi.RelinKeys | None
+
+
+def _allowed(tolerance: float, outputs: np.ndarray) -> float:
+    """The error allowed on these outputs: CKKS keeps a relative precision, not an absolute one."""
+    return tolerance * max(1.0, float(np.max(np.abs(outputs), initial=0.0)))
 
 
 def _require(condition: bool, message: str) -> None:
@@ -142,7 +148,7 @@ def _check_single_agreement(plan: Plan, owner: _Owner, keys: _Keys, x: np.ndarra
     for row, want in zip(x, expected, strict=True):
         got = owner.read_single(owner.evaluate_single(owner.single_inputs(owner.honest_single(row)), keys))
         error = float(np.max(np.abs(got - want)))
-        _require(error < tolerance, f"single layout differs from plaintext by {error:.2e}")
+        _require(error < _allowed(tolerance, want), f"single layout differs from plaintext by {error:.2e}")
 
 
 def _check_batch_agreement(plan: Plan, owner: _Owner, x: np.ndarray, tolerance: float) -> None:
@@ -161,15 +167,17 @@ def _check_batch_agreement(plan: Plan, owner: _Owner, x: np.ndarray, tolerance: 
         plan.runtime.rerandomize(ct, owner.public)
         slots.append(owner.secret.decrypt(seal_io.dump(ct)))
     got = encoding.unpack_batch(slots, rows)
-    error = float(np.max(np.abs(got - plan.plaintext(x))))
-    _require(error < tolerance, f"batch layout differs from plaintext by {error:.2e}")
+    expected = plan.plaintext(x)
+    error = float(np.max(np.abs(got - expected)))
+    _require(error < _allowed(tolerance, expected), f"batch layout differs from plaintext by {error:.2e}")
     # Slots beyond the rows hold nothing, or (networks) the outputs of an all-zero row: a row the
     # chunk is charged for anyway (a chunk is charged for every slot).
     zero_row = plan.plaintext(np.zeros(plan.n_features))[0]
+    allowed = _allowed(tolerance, np.concatenate([expected.ravel(), zero_row]))
     for k, values in enumerate(slots):
         beyond = values[rows:]
         spill = float(np.max(np.minimum(np.abs(beyond), np.abs(beyond - zero_row[k])), initial=0.0))
-        _require(spill < tolerance, f"batch output {k} holds {spill:.2e} in slots beyond the rows")
+        _require(spill < allowed, f"batch output {k} holds {spill:.2e} in slots beyond the rows")
 
 
 def _check_crafted_single(plan: Plan, owner: _Owner, keys: _Keys, rng: np.random.Generator, tolerance: float) -> None:
@@ -181,7 +189,8 @@ def _check_crafted_single(plan: Plan, owner: _Owner, keys: _Keys, rng: np.random
         for k, blob in enumerate(results):
             coefficients = owner.secret.decrypt_coefficients(blob)
             error = abs(coefficients[0] - expected[k])
-            _require(error < tolerance, f"output {k} reads more than the first features ({error:.2e})")
+            _require(error < _allowed(tolerance, expected),
+                     f"output {k} reads more than the first features ({error:.2e})")
             # Uniform on (-q/2, q/2): half of them within half the largest. Partial sums, left
             # unmasked, would be a few values among zeros.
             rest = np.abs(coefficients[1:])
@@ -198,9 +207,10 @@ def _check_crafted_single(plan: Plan, owner: _Owner, keys: _Keys, rng: np.random
     expected = plan.plaintext(read)[0]
     # Copies of one output differ by the noise of the slots they come from, within the agreement's
     # tolerance; a slot that held something else would differ by the size of the values.
+    allowed = _allowed(tolerance, expected)
     spread = float(np.max(np.abs(values - values[0])))
-    _require(spread < tolerance, f"slots of one output differ by {spread:.2e}")
+    _require(spread < allowed, f"slots of one output differ by {spread:.2e}")
     error = float(np.max(np.abs(values[0, : plan.n_outputs] - expected)))
-    _require(error < tolerance, f"a crafted input is answered with {error:.2e} off one honest row")
+    _require(error < allowed, f"a crafted input is answered with {error:.2e} off one honest row")
     empty = float(np.max(np.abs(values[0, plan.n_outputs :]), initial=0.0))
     _require(empty < EMPTY_SLOT_TOLERANCE, f"slots that hold no output read {empty:.2e}")

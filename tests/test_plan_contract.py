@@ -85,8 +85,8 @@ def test_a_deep_plan_charges_what_a_complex_slot_can_answer(registry, name, acti
 
 def test_the_check_catches_one_copy_of_an_output_that_differs(registry, monkeypatch):
     """A deep plan whose result held, in one copy of output 0, something other than that output (here
-    0.05 more: 25x the agreement tolerance, far below the outputs' size) breaks the contract, at the
-    precision N=8192 with 27-bit primes leaves."""
+    0.05 more: 5x the error allowed on these outputs of ~5, 2e-3 of their size) breaks the contract,
+    at the precision N=8192 with 27-bit primes leaves."""
     served = registry.get("digits-cryptonets")
     plan = served.plan
     original = type(plan).evaluate_single
