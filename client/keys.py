@@ -99,6 +99,11 @@ class SecretContext:
         The public key is SEAL's: an encryption of zero at the key level, sent seeded. The
         server re-randomizes every result with it."""
         n = self.params.poly_modulus_degree
+        if (rotation_steps or relin_keys) and not self.params.uses_key_switching:
+            raise HEClientError(
+                f"CKKS parameters {self.params.to_json()} have no special prime: they take no Galois "
+                "or relinearization keys (a model on them needs none)"
+            )
         public = seal_raw.own_uncompressed(
             seal_io.dump(self._encryptor.encrypt_zero_symmetric(self._context.key_parms_id()))
         )
@@ -174,7 +179,7 @@ class SecretContext:
 
     def ciphertext_bytes(self, seeded: bool = True) -> int:
         """Approximate size of one fresh ciphertext on the wire."""
-        full = 2 * len(self.params.coeff_mod_bit_sizes[:-1]) * self.params.poly_modulus_degree * 8
+        full = 2 * self.params.data_prime_count * self.params.poly_modulus_degree * 8
         return full // 2 if seeded else full
 
     def decrypt(self, data: bytes) -> np.ndarray:

@@ -24,7 +24,10 @@ class ParameterError(EngineError):
 class CKKSParams:
     """A CKKS parameter set: ring degree and the bit sizes of the coefficient-modulus primes.
 
-    The last prime is SEAL's special (key-switching) prime; the others carry data.
+    With two primes or more, the last is SEAL's special (key-switching) prime and the others
+    carry data. A single prime carries data and nothing switches keys: SEAL encrypts at that
+    level directly (a public-key encryption there costs no modulus switch), and such a set takes
+    no Galois or relinearization keys.
     """
 
     poly_modulus_degree: int
@@ -33,6 +36,15 @@ class CKKSParams:
     @property
     def slot_count(self) -> int:
         return self.poly_modulus_degree // 2
+
+    @property
+    def data_prime_count(self) -> int:
+        """Primes a fresh ciphertext carries: all but the special one, or the only one."""
+        return max(1, len(self.coeff_mod_bit_sizes) - 1)
+
+    @property
+    def uses_key_switching(self) -> bool:
+        return len(self.coeff_mod_bit_sizes) > 1
 
     @property
     def total_bits(self) -> int:
@@ -44,8 +56,8 @@ class CKKSParams:
         if n not in MAX_COEFF_BITS_128:
             raise ParameterError(f"poly_modulus_degree must be one of {sorted(MAX_COEFF_BITS_128)}, got {n}")
         bits = self.coeff_mod_bit_sizes
-        if len(bits) < 2:
-            raise ParameterError("coeff_mod_bit_sizes needs at least two primes (data + special)")
+        if len(bits) < 1:
+            raise ParameterError("coeff_mod_bit_sizes needs at least one prime")
         if any(not isinstance(b, int) or not MIN_PRIME_BITS <= b <= MAX_PRIME_BITS for b in bits):
             raise ParameterError(
                 f"each coefficient prime must have {MIN_PRIME_BITS}..{MAX_PRIME_BITS} bits, got {list(bits)}"

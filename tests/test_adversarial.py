@@ -23,6 +23,7 @@ import requests
 import tenseal.sealapi as sealapi
 import zstandard
 
+from heserve.client.errors import HEClientError
 from heserve.client.keys import SecretContext
 from heserve.engine import seal_io, seal_raw
 from heserve.engine.params import CKKSParams, galois_element
@@ -234,10 +235,20 @@ def test_galois_elements_no_model_uses_are_refused_with_their_names(lone_worker)
     assert str(galois_element(7, spec.ckks.poly_modulus_degree)) in body["error"]
 
 
-def test_relinearization_keys_are_refused_where_no_model_multiplies(lone_worker):
-    spec = model_spec(lone_worker.url, LINEAR)
-    secret = SecretContext.generate(spec.ckks)
-    assert_refused(register(lone_worker.url, secret, spec.rotation_steps, relin_keys=True), 400, "key_not_needed")
+def test_key_switching_keys_are_refused_where_nothing_switches_keys(lone_worker):
+    """The linear models' one-prime set switches no keys (SEAL cannot make such keys for it): Galois
+    or relinearization keys declared for it, here made under a set that has a special prime, are
+    refused by name before any of their bytes is parsed, and nothing is stored."""
+    linear = model_spec(lone_worker.url, LINEAR).ckks
+    assert not linear.uses_key_switching
+    network = model_spec(lone_worker.url, NETWORK)
+    secret = SecretContext.generate(network.ckks)
+    before = key_files(lone_worker)
+    for steps, relin in ((network.rotation_steps, False), ((), True), (network.rotation_steps, True)):
+        assert_refused(register(lone_worker.url, secret, steps, params=linear, relin_keys=relin), 400, "key_not_needed")
+    assert key_files(lone_worker) == before
+    with pytest.raises(HEClientError, match="no special prime"):
+        SecretContext.generate(linear).evaluation_key_request([1], relin_keys=False)
 
 
 def test_a_secret_key_appended_to_a_valid_key_is_refused_and_nothing_is_stored(lone_worker):

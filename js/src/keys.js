@@ -84,7 +84,7 @@ export class SecretContext {
     const first = context.firstContextData()
     /** @type {bigint[]} */
     this.firstParmsId = Array.from(context.firstParmsId().values())
-    /** The data primes of the first level (every prime but the special one). @type {bigint[]} */
+    /** The data primes of the first level (every prime but the special one, or the only one). @type {bigint[]} */
     this.firstPrimes = []
     const moduli = first.parms().coeffModulus()
     for (let i = 0; i < moduli.size(); i++) this.firstPrimes.push(/** @type {any} */ (moduli.get(i)).value())
@@ -339,7 +339,7 @@ export class SecretContext {
 
   /** Approximate size of one fresh ciphertext on the wire. @param {boolean} [seeded] */
   ciphertextBytes(seeded = true) {
-    const full = 2 * (this.params.coeff_mod_bit_sizes.length - 1) * this.n * 8
+    const full = 2 * Math.max(1, this.params.coeff_mod_bit_sizes.length - 1) * this.n * 8
     return seeded ? full / 2 : full
   }
 

@@ -16,7 +16,8 @@ export const MAX_COEFF_BITS_128 = { 1024: 27, 2048: 54, 4096: 109, 8192: 218, 16
 /**
  * @typedef {object} CKKSParams
  * @property {number} poly_modulus_degree N
- * @property {number[]} coeff_mod_bit_sizes bit sizes of the primes; the last is SEAL's special prime
+ * @property {number[]} coeff_mod_bit_sizes bit sizes of the primes; with two or more, the last is SEAL's special
+ *   prime; a single prime carries data and switches no keys
  */
 
 /**
@@ -98,8 +99,8 @@ export function parseParams(data) {
   const n = d.poly_modulus_degree
   const bits = d.coeff_mod_bit_sizes
   if (!Number.isInteger(n) || !(n in MAX_COEFF_BITS_128)) throw new ProtocolError(`poly_modulus_degree ${n} is not supported`, 'bad_spec')
-  if (!Array.isArray(bits) || bits.length < 2 || !bits.every((b) => Number.isInteger(b) && b >= 17 && b <= 60)) {
-    throw new ProtocolError(`coeff_mod_bit_sizes must list at least two primes of 17..60 bits, got ${JSON.stringify(bits)}`, 'bad_spec')
+  if (!Array.isArray(bits) || bits.length < 1 || !bits.every((b) => Number.isInteger(b) && b >= 17 && b <= 60)) {
+    throw new ProtocolError(`coeff_mod_bit_sizes must list primes of 17..60 bits, got ${JSON.stringify(bits)}`, 'bad_spec')
   }
   const total = bits.reduce((a, b) => a + b, 0)
   if (total > MAX_COEFF_BITS_128[/** @type {keyof typeof MAX_COEFF_BITS_128} */ (n)]) {

@@ -389,7 +389,7 @@ def _load_ciphertext(runtime, blob: bytes, what: str, plan, layout: str) -> seal
         canonical = seal_bounds.canonical_ciphertext(
             blob,
             params.poly_modulus_degree,
-            len(params.coeff_mod_bit_sizes) - 1,
+            params.data_prime_count,
             what,
             parms_id=list(runtime.first_parms_id),
         )

@@ -163,6 +163,13 @@ class KeyService:
                 "relinearization keys refused",
                 code="key_not_needed",
             )
+        if "galois_keys" in parts and not params.uses_key_switching:
+            # A one-prime set has no special prime: SEAL cannot switch keys there at all.
+            raise BadRequest(
+                f"CKKS parameters {params.to_json()} have no special prime: nothing served with them "
+                "rotates, Galois keys refused",
+                code="key_not_needed",
+            )
         binding_key = message.parameters.get("binding_key", "")
         if not isinstance(binding_key, str) or (binding_key and not re.fullmatch(r"[0-9a-f]{64}", binding_key)):
             raise BadRequest("parameter 'binding_key' must be 64 lowercase hex digits", code="bad_parameter")

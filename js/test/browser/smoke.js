@@ -29,7 +29,7 @@ try {
   errors.single = worst(await linear.rawScores(x, { layout: 'single' }), plain)
   errors.batch = worst(await linear.rawScores(x, { layout: 'batch' }), plain)
   const keyId = /** @type {string} */ (linear.lastRun?.keyId)
-  const stored = await storage.get('secret/4096-60.49')
+  const stored = await storage.get('secret/4096-60')
   const network = await client.model('digits-mlp')
   const y = rows(network, 1)
   errors.network = worst(await network.rawScores(y, { layout: 'single' }), await client.inferPlaintext(network.name, y))
@@ -40,7 +40,7 @@ try {
   } catch (error) {
     gone = error instanceof NotFoundError && error.code === 'key_not_found'
   }
-  const afterErase = await storage.get('secret/4096-60.49')
+  const afterErase = await storage.get('secret/4096-60')
   const ok = Object.values(errors).every((e) => e < 1e-3) && stored !== null && afterErase === null && erased.erased && gone
   out.textContent = `${ok ? 'PASS' : 'FAIL'} ${JSON.stringify({ errors, storedBytes: stored?.length ?? 0, erased, gone, afterErase })}`
   await network.deleteKey()
