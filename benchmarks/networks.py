@@ -555,14 +555,18 @@ def sweep(
 
 
 def _ms(fn, n: int = 10) -> float:
+    """Median milliseconds of n calls after a warm-up: the median, as for the server times it is
+    compared with, so that one call slowed by another process on a shared machine does not move it."""
     start = time.perf_counter()
     fn()  # warm-up
     if n > 1 and time.perf_counter() - start > 0.5:
-        n = 1  # a slow operation (a large modular matrix product): one more call is a good enough figure
-    start = time.perf_counter()
+        n = 3  # a slow operation (a large modular matrix product): three calls are a good enough figure
+    times = []
     for _ in range(n):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / n * 1e3
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
 
 
 def _batch_matmuls(plan) -> list[tuple[tuple[int, int], ModularDense, int, int]]:
