@@ -251,6 +251,45 @@ def test_key_switching_keys_are_refused_where_nothing_switches_keys(lone_worker)
         SecretContext.generate(linear).evaluation_key_request([1], relin_keys=False)
 
 
+def test_objects_of_the_former_two_prime_linear_set(lone_worker):
+    """A client that still holds a key for the linear models' former set (60, 49) - or an attacker who
+    builds objects for it - and a valid key id for the current one-prime set.
+
+    Its public key declared for the new set is refused, nothing stored. Its key-level ciphertext (two
+    primes) is refused before evaluation. Its first-level ciphertext has the same 60-bit prime, so SEAL
+    gives it the same parms_id: it *is* a ciphertext of the current set (under another secret key,
+    which no server can tell), answered like any crafted input - decrypted with the registered key,
+    every coefficient but the constant is uniform noise mod q."""
+    spec = model_spec(lone_worker.url, LINEAR)
+    current = SecretContext.generate(spec.ckks)
+    key_id = register(lone_worker.url, current, []).json()["key_id"]
+    former = SecretContext.generate(CKKSParams(4096, (60, 49)))
+    before = key_files(lone_worker)
+    watch = Watch(lone_worker)
+    body, length = former.evaluation_key_request([])
+    message = v2.decode(body, length, "inputs")
+    message.parameters["ckks"] = spec.ckks.to_json()
+    assert_refused(post_binary(lone_worker.url, "/v2/keys", message), 400, {"bad_key", "malformed_seal_object"})
+    assert key_files(lone_worker) == before
+
+    def infer(blob: bytes) -> requests.Response:
+        message = infer_message([blob], key_id)
+        message.parameters["bindings"] = [current.bind(blob)]  # tagged as the key's owner would
+        return post_binary(lone_worker.url, f"/v2/models/{LINEAR}/infer", message)
+
+    key_level = seal_raw.own_uncompressed(
+        seal_io.dump(former._encryptor.encrypt_zero_symmetric(former._context.key_parms_id()))
+    )
+    assert_refused(infer(key_level), 400, {"bad_ciphertext", "malformed_seal_object"})
+    scale = 2.0 ** spec.layouts["single"].input_scale_bits(spec.input_scale_bits)
+    response = infer(former.encrypt_coefficients(np.ones(spec.n_features), scale))
+    assert response.status_code == 200, response.text[:300]
+    (result,) = decode_outputs(response).tensors[0].data
+    rest = np.abs(current.decrypt_coefficients(result)[1:])
+    assert 0.45 < float(np.mean(rest < rest.max() / 2)) < 0.55
+    watch.check()
+
+
 def test_a_secret_key_appended_to_a_valid_key_is_refused_and_nothing_is_stored(lone_worker):
     spec = model_spec(lone_worker.url, NETWORK)
     secret = SecretContext.generate(spec.ckks)
