@@ -572,9 +572,11 @@ def _ms(fn, n: int = 10) -> float:
 def _batch_matmuls(plan) -> list[tuple[tuple[int, int], ModularDense, int, int]]:
     """(shape, the plan's modular matrix product, components of its input ciphertexts, level) of the
     batch layout. NetworkPlan: layer 1 on fresh ciphertexts, layer 2 on the unrelinearized products
-    (three components), all at level 0. DeepNetworkPlan: every layer at its schedule's level."""
+    (three components), all at level 0. DeepNetworkPlan: the first layer on fresh ciphertexts at the
+    top, every later one on unrelinearized activations at its schedule's batch level."""
     if hasattr(plan, "dense"):
-        return [(d.weights.shape, d.batch, 2, d.schedule.level) for d in plan.dense]
+        return [(d.weights.shape, d.batch, 2 if i == 0 else 3, plan.schedule.batch_level(i))
+                for i, d in enumerate(plan.dense)]
     out = [(plan.W1.shape, plan._dense1, 2, 0)]
     if plan.two_layers:
         out.append((plan.W2.shape, plan._dense2, 3, 0))
@@ -623,6 +625,7 @@ def op_costs(services, name: str) -> dict:
             product = sealapi.Ciphertext()
             ev.multiply(ct, ct, product)
             costs[f"relinearize@{level}"] = _ms(lambda c=product, o=out: ev.relinearize(c, relin, o))
+            costs[f"rescale_3@{level}"] = _ms(lambda c=product, o=out: ev.rescale_to_next(c, o))
             nxt = sealapi.Ciphertext()
             ev.mod_switch_to_next(ct, nxt)
             ct = nxt
@@ -639,24 +642,34 @@ def op_costs(services, name: str) -> dict:
 
         costs[_matmul_key(shape, level)] = _ms(matmul, n=3)
         del inputs
-    if any(op["op"] == "coefficientwise_product" for op in plan.plan()["batch"]["ops"]):
-        units = 16
-        pairs = [
-            (
-                rng.integers(0, q, size=(units, n), dtype=np.uint64),
-                rng.integers(0, q, size=(units, n), dtype=np.uint64),
-                q,
-            )
-            for q in plan.moduli[0]
-        ]
+    product_levels = {op["level"] for op in plan.plan()["batch"]["ops"] if op["op"] == "coefficientwise_product"}
+    units = 16
+    for level in sorted(product_levels):
+        if hasattr(plan, "_activation_batch"):  # DeepNetworkPlan: its own activation, one unit at a time
+            beta = np.zeros(len(plan.moduli[level]), dtype=np.uint64)
+            data = [np.stack([rng.integers(0, q, size=(2, n), dtype=np.uint64) for q in plan.moduli[level]], axis=1)
+                    for _ in range(units)]
 
-        def products() -> None:  # (h0, h1) x (h0 + beta, h1): four products and a sum, every prime
-            for a, b, q in pairs:
-                mulmod_vector(a, b, q)
-                mulmod_vector(a, a, q) + mulmod_vector(b, a, q)
-                mulmod_vector(b, b, q)
+            def products(data=data, beta=beta, level=level) -> None:
+                for unit in data:
+                    plan._activation_batch(unit, beta, level)
+        else:
+            pairs = [
+                (
+                    rng.integers(0, q, size=(units, n), dtype=np.uint64),
+                    rng.integers(0, q, size=(units, n), dtype=np.uint64),
+                    q,
+                )
+                for q in plan.moduli[level]
+            ]
 
-        costs["coefficientwise_product@0"] = _ms(products, n=3) / units
+            def products(pairs=pairs) -> None:  # (h0, h1) x (h0 + beta, h1): four products and a sum, every prime
+                for a, b, q in pairs:
+                    mulmod_vector(a, b, q)
+                    mulmod_vector(a, a, q) + mulmod_vector(b, a, q)
+                    mulmod_vector(b, b, q)
+
+        costs[f"coefficientwise_product@{level}"] = _ms(products, n=3) / units
     return costs
 
 

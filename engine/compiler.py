@@ -168,21 +168,49 @@ class NetworkSchedule:
                 ms += op["count"] * 0.1 * n_units * primes
         return ms / 1e3
 
+    def batch_fused(self, number: int) -> bool:
+        """Whether the batch layout evaluates the activation after dense layer `number` in numpy,
+        unrelinearized (three polynomials), for the next layer's matrix product: that moves the key
+        switches from this layer's units to the next layer's, so it pays where the next is narrower
+        (digits-cryptonets: 256 units, then 32); elsewhere SEAL multiplies, relinearizes, rescales."""
+        return self.widths[number + 1] > self.widths[number + 2]
+
+    def batch_level(self, number: int) -> int:
+        """The level of dense layer `number`'s matrix product in the batch layout. Every layer's
+        outputs land at level 2 * number + 1; a layer after a fused activation takes its input one
+        level earlier (unrescaled, ~2^(2s)) and drops two primes."""
+        if number == 0:
+            return 0
+        return 2 * number - 1 if self.batch_fused(number - 1) else 2 * number
+
     def batch_ops(self) -> list[dict]:
-        """Operations of one batch chunk (one ciphertext per feature and per unit)."""
+        """Operations of one batch chunk (one ciphertext per feature and per unit): modular matrix
+        products (and fused activations) in numpy, rescales, products and relinearizations in SEAL."""
         ops: list[dict] = []
-        act = iter(self.activations)
-        for layer in self.dense:
-            ops += [
-                {"op": "modular_matmul", "shape": [layer.n_out, layer.n_in], "level": layer.level},
-                {"op": "rescale", "count": layer.n_out, "level": layer.level},
-            ]
-            level = next(act, None)
-            if level is not None:
+        for number, layer in enumerate(self.dense):
+            level = self.batch_level(number)
+            shape = [layer.n_out, layer.n_in]
+            if number and self.batch_fused(number - 1):
                 ops += [
-                    {"op": "multiply_relinearize", "count": layer.n_out, "level": level},
+                    {"op": "modular_matmul", "shape": shape, "components": 3, "level": level},
+                    {"op": "rescale_3", "count": layer.n_out, "level": level},
+                    {"op": "relinearize", "count": layer.n_out, "level": level + 1},
+                    {"op": "rescale", "count": layer.n_out, "level": level + 1},
+                ]
+            else:
+                ops += [
+                    {"op": "modular_matmul", "shape": shape, "components": 2, "level": level},
                     {"op": "rescale", "count": layer.n_out, "level": level},
                 ]
+            out_level = 2 * number + 1
+            if number < len(self.activations):
+                if self.batch_fused(number):
+                    ops.append({"op": "coefficientwise_product", "count": layer.n_out, "level": out_level})
+                else:
+                    ops += [
+                        {"op": "multiply_relinearize", "count": layer.n_out, "level": out_level},
+                        {"op": "rescale", "count": layer.n_out, "level": out_level},
+                    ]
         return ops
 
 

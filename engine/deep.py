@@ -26,9 +26,11 @@ product's drift (c^2 / q) is absorbed by the next layer's weights.
 
 Batch layout: ciphertext j holds feature j of up to S rows (row r in slot r). Dense layers are
 modular matrix products on the ciphertexts' NTT coefficients (engine.modmath) with integer
-weights round(W * p) at the same plaintext scales as above; SEAL rescales every unit and
-evaluates the activations (product, relinearization, rescale). No rotation: a chunk answers at
-most S rows, each slot on its own.
+weights round(W * p); activations are products of those coefficients (a ciphertext product is
+pointwise in NTT form), left unrelinearized for the next layer's matrix product, whose outputs
+SEAL rescales, relinearizes and rescales again: key switches only for the narrower layer.
+Coefficients move between SEAL and numpy through engine.seal_memory. No rotation: a chunk
+answers at most S rows, each slot on its own.
 
 Complex slots: nothing projects the slots on their real part, so an input X + iY yields
 f(X + iY). For a network f of total degree D (2^activations), t -> f(X + tY) is a polynomial
@@ -42,11 +44,11 @@ import math
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from heserve.engine import seal_io, seal_raw
+from heserve.engine import seal_raw
 from heserve.engine.compiler import DenseSchedule, NetworkSchedule, compile_network
 from heserve.engine.levels import LeveledPlan
 from heserve.engine.linear import EvaluationError, SealRuntime
-from heserve.engine.modmath import ModularDense
+from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.params import galois_element
 from heserve.engine.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
 
@@ -99,7 +101,6 @@ class DeepNetworkPlan(LeveledPlan):
                    np.asarray(arrays[layers[s.index]["bias"]], dtype=np.float64))
             for s in self.schedule.dense
         ]
-        self._seal_version = seal_raw.seal_version()
         self._compile_single()
         self._compile_batch()
         self.single_steps = self.schedule.rotation_steps
@@ -152,15 +153,25 @@ class DeepNetworkPlan(LeveledPlan):
         self.single_output_scale = scale
 
     def _compile_batch(self) -> None:
-        """Integer weights round(W * p) for the modular matrix products, p = 2^s * q / c as in the
-        single layout, so that every rescaled stage lands at 2^s. (Weights of ~2^(s/2), with the
-        activation's product dropping two primes, would save a limb of the matrix products and a
-        rescale per unit, but their rounding costs 1e-4 of the output on a 4-activation network.)"""
+        """Integer weights round(W * p) for the modular matrix products, p = 2^s * (primes the layer's
+        rescales drop) / c for the input scale c, so that every rescaled stage lands at 2^s.
+
+        An activation followed by a narrower layer runs in numpy on the NTT coefficients, where a
+        ciphertext product is pointwise, neither relinearized nor rescaled: the next layer's matrix
+        product takes the three polynomials of u*(u + beta) at ~2^(2s), and its outputs drop two
+        primes around SEAL's relinearization (schedule.batch_fused). digits-cryptonets' 256 first
+        units then cost one SEAL rescale each and no key switch. Other activations are SEAL's
+        product, relinearization and rescale. Either way the level budget is the single layout's.
+        (Weights of ~2^(s/2) would save a limb of the matrix products, but their rounding costs
+        1e-4 of the output on a 4-activation network.)"""
+        sched = self.schedule
         scale = self.data_scale
         for number, layer in enumerate(self.dense):
-            s = layer.schedule
-            moduli = self.moduli[s.level]
-            plain_scale = max(1, round(self.data_scale * moduli[-1] / scale))
+            level = sched.batch_level(number)
+            moduli = self.moduli[level]
+            rescales = 2 if number and sched.batch_fused(number - 1) else 1
+            dropped = math.prod(float(q) for q in moduli[len(moduli) - rescales:])
+            plain_scale = max(1, round(self.data_scale * dropped / scale))
             layer.batch_plain_scale = plain_scale
             layer.batch = ModularDense(np.round(layer.weights * plain_scale), moduli)
             product_scale = scale * plain_scale
@@ -168,11 +179,17 @@ class DeepNetworkPlan(LeveledPlan):
                 [[round(float(b) * product_scale) % m for m in moduli] for b in layer.bias], dtype=np.uint64
             )
             layer.batch_product_scale = product_scale
-            scale = product_scale / moduli[-1]
+            scale = product_scale / dropped
             if number < len(self.betas):
-                level = s.level + 1
-                layer.batch_beta = self._encode(self.betas[number], scale, level)
-                scale = self._after_activation(scale, level)
+                out_level = 2 * number + 1
+                if sched.batch_fused(number):
+                    layer.batch_beta = np.array(
+                        [round(self.betas[number] * scale) % q for q in self.moduli[out_level]], dtype=np.uint64
+                    )
+                    scale = scale * scale
+                else:
+                    layer.batch_beta = self._encode(self.betas[number], scale, out_level)
+                    scale = self._after_activation(scale, out_level)
         self.batch_output_scale = scale
 
     # --- description -------------------------------------------------------------------------
@@ -299,54 +316,67 @@ class DeepNetworkPlan(LeveledPlan):
     def parse_batch_input(self, blob: bytes, what: str) -> seal_raw.RawCiphertext:
         return self._parse_coefficients(blob, what, self.input_scale, self.input_scale_bits)
 
-    def _dense_batch(self, layer: _Dense, inputs: list[np.ndarray]) -> np.ndarray:
-        """(n_out, 2, primes, N) coefficients of W_int @ inputs + bias, mod each prime of the level."""
-        s = layer.schedule
-        moduli = self.moduli[s.level]
+    def _dense_batch(self, layer: _Dense, inputs: list[np.ndarray], level: int) -> np.ndarray:
+        """(n_out, size, primes, N) coefficients of W_int @ inputs + bias, mod each prime of the level
+        (size: the inputs' polynomials, 2 or 3)."""
+        moduli = self.moduli[level]
         n = self.runtime.params.poly_modulus_degree
-        out = np.empty((s.n_out, 2, len(moduli), n), dtype=np.uint64)
+        size = inputs[0].shape[0]
+        out = np.empty((layer.schedule.n_out, size, len(moduli), n), dtype=np.uint64)
         for prime, q in enumerate(moduli):
             limbs = layer.batch.gather(prime, [data[:, prime, :] for data in inputs])
             if limbs is None:
                 raise EvaluationError("ciphertext coefficients lie outside their modulus")
-            y = layer.batch.apply(prime, limbs).reshape(s.n_out, 2, n)
+            y = layer.batch.apply(prime, limbs).reshape(layer.schedule.n_out, size, n)
             c0 = y[:, 0]
             c0 += layer.batch_bias[:, prime].reshape(-1, 1)  # a constant polynomial is constant in NTT form
             np.subtract(c0, np.uint64(q), out=c0, where=c0 >= q)
             out[:, :, prime, :] = y
         return out
 
-    def _to_seal(self, data: np.ndarray, level: int, scale: float) -> sealapi.Ciphertext:
-        blob = seal_raw.build(self.levels[level], scale, data, self._seal_version)
-        return seal_io.load(sealapi.Ciphertext, self.runtime.context, blob, "intermediate")
-
-    def _from_seal(self, ct: sealapi.Ciphertext, level: int) -> np.ndarray:
-        """(2, primes, N) coefficients of a ciphertext this process made: SEAL's own frame, inflated in
-        one C call (the bounded, streamed parse is for bytes from elsewhere and costs twice as much here)."""
-        data = seal_raw.polynomials(seal_raw.own_uncompressed(seal_io.dump(ct)))
-        if data.shape != (2, len(self.moduli[level]), self.runtime.params.poly_modulus_degree):
-            raise AssertionError(f"an intermediate ciphertext has shape {data.shape} at level {level}")
-        return data
+    def _activation_batch(self, data: np.ndarray, beta: np.ndarray, level: int) -> np.ndarray:
+        """The three polynomials of u*(u + beta) from u = (c0, c1) in NTT form, prime by prime:
+        (c0 * (c0 + beta), c1 * (2 c0 + beta), c1 * c1), unrelinearized."""
+        out = np.empty((3, *data.shape[1:]), dtype=np.uint64)
+        for prime, q in enumerate(self.moduli[level]):
+            c0, c1 = data[0, prime], data[1, prime]
+            shifted = c0 + beta[prime]
+            np.subtract(shifted, np.uint64(q), out=shifted, where=shifted >= q)
+            out[0, prime] = mulmod_vector(c0, shifted, q)
+            total = shifted + c0
+            np.subtract(total, np.uint64(q), out=total, where=total >= q)
+            out[1, prime] = mulmod_vector(c1, total, q)
+            out[2, prime] = mulmod_vector(c1, c1, q)
+        return out
 
     def evaluate_batch(self, inputs: list[seal_raw.RawCiphertext], rows: int, keys) -> list[sealapi.Ciphertext]:
         if len(inputs) != self.n_features:
             raise EvaluationError(f"batch layout needs {self.n_features} ciphertexts per chunk, got {len(inputs)}")
-        ev = self.runtime.evaluator
+        sched, ev = self.schedule, self.runtime.evaluator
         current = [raw.data for raw in inputs]
         results: list[sealapi.Ciphertext] = []
         for number, layer in enumerate(self.dense):
-            level = layer.schedule.level
-            products = self._dense_batch(layer, current)
+            level = sched.batch_level(number)
+            products = self._dense_batch(layer, current, level)
+            current = []  # the inputs' memory goes before the next layer's is allocated
             last = number == len(self.dense) - 1
-            units = []
-            for unit in products:
-                ct = self._to_seal(unit, level, layer.batch_product_scale)
+            out_level = 2 * number + 1
+            fused = not last and sched.batch_fused(number)
+            for k in range(len(products)):
+                ct = self._ciphertext(products[k], level, layer.batch_product_scale)
                 ev.rescale_to_next_inplace(ct)
-                if not last:
-                    ct = self._activation(ct, layer.batch_beta, keys.relin)
-                units.append(ct)
-            if last:
-                results = units
-            else:
-                current = [self._from_seal(ct, level + 2) for ct in units]
+                if ct.size() == 3:
+                    # Relinearized at ~2^(2s), before its last rescale: the rescale divides the key
+                    # switch's noise too (relinearized at 2^s, digits-cryptonets' logits drift 100x more).
+                    ev.relinearize_inplace(ct, keys.relin)
+                    ev.rescale_to_next_inplace(ct)
+                if last:
+                    results.append(ct)
+                elif fused:
+                    current.append(self._activation_batch(self._coefficients(ct, out_level), layer.batch_beta,
+                                                          out_level))
+                else:
+                    current.append(self._coefficients(self._activation(ct, layer.batch_beta, keys.relin),
+                                                      out_level + 1))
+            del products
         return results

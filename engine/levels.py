@@ -8,7 +8,7 @@ import math
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from heserve.engine import seal_raw
+from heserve.engine import seal_io, seal_memory, seal_raw
 from heserve.engine.linear import EvaluationError, RowCharges, SealRuntime
 
 
@@ -34,6 +34,23 @@ class LeveledPlan(RowCharges):
         else:
             self.runtime.encoder.encode(float(values), self.levels[level], scale, plain)
         return plain
+
+    def _ciphertext(self, data: np.ndarray, level: int, scale: float) -> sealapi.Ciphertext:
+        """A SEAL ciphertext in NTT form at `level` holding `data` (size, primes, N), computed here."""
+        if seal_memory.available():
+            return seal_memory.ciphertext(self.runtime.context, self.levels[level], data, scale)
+        blob = seal_raw.build(self.levels[level], scale, data, seal_raw.seal_version())
+        return seal_io.load(sealapi.Ciphertext, self.runtime.context, blob, "intermediate")
+
+    def _coefficients(self, ct: sealapi.Ciphertext, level: int) -> np.ndarray:
+        """A copy of the coefficients (size, primes, N) of a ciphertext this process's SEAL made."""
+        if seal_memory.available():
+            data = seal_memory.coefficients(ct).copy()
+        else:
+            data = seal_raw.polynomials(seal_raw.own_uncompressed(seal_io.dump(ct)))
+        if data.shape[1:] != (len(self.moduli[level]), self.runtime.params.poly_modulus_degree):
+            raise AssertionError(f"an intermediate ciphertext has shape {data.shape} at level {level}")
+        return data
 
     def _rotated(self, ct: sealapi.Ciphertext, step: int, galois) -> sealapi.Ciphertext:
         out = sealapi.Ciphertext()

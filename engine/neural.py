@@ -55,7 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from heserve.engine import seal_io, seal_raw
+from heserve.engine import seal_raw
 from heserve.engine.levels import LeveledPlan
 from heserve.engine.linear import EvaluationError, SealRuntime, next_power_of_two
 from heserve.engine.modmath import ModularDense, mulmod_vector
@@ -215,7 +215,6 @@ class NetworkPlan(LeveledPlan):
         self.layout = choose_packed_layout(
             self.n_features, self.n_hidden, self.n_outputs if self.two_layers else None, runtime.slots
         )
-        self._seal_version = seal_raw.seal_version()
         self._choose_single_scales(bound)
         self._compile_single()
         self._compile_batch()
@@ -523,12 +522,7 @@ class NetworkPlan(LeveledPlan):
         ev = self.runtime.evaluator
         results = []
         for k in range(self.n_outputs):
-            ct = seal_io.load(
-                sealapi.Ciphertext,
-                self.runtime.context,
-                seal_raw.build(self.levels[0], scale, out[k], self._seal_version),
-                "output",
-            )
+            ct = self._ciphertext(out[k], 0, scale)
             if self.two_layers:
                 ev.relinearize_inplace(ct, keys.relin)
                 ev.rescale_to_next_inplace(ct)

@@ -11,6 +11,7 @@ ciphertexts run as one modular matrix product instead of thousands of SEAL calls
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -106,6 +107,7 @@ def parse(blob: bytes, n: int, moduli: list[int], what: str, allow_compressed: b
     return RawCiphertext(parms_id, scale, data)
 
 
+@functools.cache
 def seal_version() -> bytes:
     """The (major, minor) version bytes SEAL writes into its headers."""
     import tenseal.sealapi as sealapi
