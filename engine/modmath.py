@@ -67,13 +67,20 @@ def _limbs(values: np.ndarray, bits: int, count: int) -> list[np.ndarray]:
 
 def reduce_float(values: np.ndarray, q: int) -> np.ndarray:
     """values mod q for float64 integers below 2^53 in magnitude, as uint64 (faster than np.mod)."""
+    return _residues_float(values, q).astype(np.uint64)
+
+
+def _residues_float(values: np.ndarray, q: int, exact: bool = True) -> np.ndarray:
+    """values mod q for float64 integers below 2^53 in magnitude, as float64 in [0, q); with
+    `exact` False, a representative in (-q, 2q) (the float quotient may be off by one)."""
     quotient = values * (1.0 / q)
     np.floor(quotient, out=quotient)
     quotient *= float(q)
     np.subtract(values, quotient, out=quotient)
-    quotient[quotient < 0] += q
-    quotient[quotient >= q] -= q
-    return quotient.astype(np.uint64)
+    if exact:
+        quotient[quotient < 0] += q
+        quotient[quotient >= q] -= q
+    return quotient
 
 
 class ModularDense:
@@ -94,12 +101,17 @@ class ModularDense:
             sign, magnitude = np.sign(weights), np.abs(weights)
             w_limbs = [sign * limb for limb in _limbs(magnitude, w_limb, w_count)]
             shifts = [[pow(2, a * w_limb + b * c_bits, q) for b in range(c_count)] for a in range(w_count)]
-            self.plans.append((q, c_bits, c_count, w_limbs, shifts))
+            # Where every shifted partial residue (in (-q, 2q), not brought into [0, q)), plus the
+            # unshifted product (below 2^52), stays below 2^53, the limbs recombine in float64 and
+            # one exact reduction ends the sum (two limbs of a 27-bit prime: 2^52 + 2q * 2^19).
+            exponents = [[a * w_limb + b * c_bits for b in range(c_count)] for a in range(w_count)]
+            in_float = sum((2 * q) << k for row in exponents for k in row if k) + (1 << EXACT_BITS) < 1 << 53
+            self.plans.append((q, c_bits, c_count, w_limbs, shifts, exponents if in_float else None))
 
     def gather(self, prime: int, rows: list[np.ndarray]) -> list[np.ndarray] | None:
         """Limb matrices (float64, n x cols) of uint64 input rows (any shape, flattened into cols);
         None if a value is not below q."""
-        q, c_bits, c_count, _, _ = self.plans[prime]
+        q, c_bits, c_count = self.plans[prime][:3]
         cols = rows[0].size
         limbs = [np.empty((len(rows), *rows[0].shape)) for _ in range(c_count)]
         mask, shift = np.uint64((1 << c_bits) - 1), np.uint64(c_bits)
@@ -115,11 +127,24 @@ class ModularDense:
 
     def apply(self, prime: int, coeffs: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """coeffs: float64 (n, cols) integers in [0, q), or its limbs from gather(); uint64 (rows, cols) mod q."""
-        q, c_bits, c_count, w_limbs, shifts = self.plans[prime]
+        q, c_bits, c_count, w_limbs, shifts, exponents = self.plans[prime]
         if isinstance(coeffs, list):
             c_limbs = coeffs
         else:
             c_limbs = _limbs(coeffs, c_bits, c_count) if c_count > 1 else [coeffs]
+        if exponents is not None:
+            acc = None
+            for a, w in enumerate(w_limbs):
+                for b, c in enumerate(c_limbs):
+                    part = w @ c
+                    if exponents[a][b]:
+                        part = _residues_float(part, q, exact=False)
+                        part *= float(1 << exponents[a][b])
+                    if acc is None:
+                        acc = part
+                    else:
+                        acc += part
+            return reduce_float(acc, q)
         total = None
         for a, w in enumerate(w_limbs):
             for b, c in enumerate(c_limbs):

@@ -118,6 +118,29 @@ def test_modular_dense_is_exact(q, weight_bits):
     assert mulmod_vector(a, b, q).tolist() == [int(x) * int(y) % q for x, y in zip(a, b, strict=True)]
 
 
+@pytest.mark.parametrize(("q_bits", "n_in", "weight_bits", "in_float"),
+                         [(27, 64, 30, True), (27, 256, 28, True), (36, 32, 27, False), (40, 64, 40, False)])
+def test_modular_dense_recombines_limbs_in_float_only_where_it_is_exact(q_bits, n_in, weight_bits, in_float):
+    # The batch networks' primes and widths (digits-cryptonets: 27-bit primes, 64 and 256 inputs);
+    # the float recombination must be taken where its bound holds, and agree with integers everywhere.
+    import tenseal.sealapi as sealapi
+
+    from heserve.engine.modmath import ModularDense
+
+    q = sealapi.CoeffModulus.Create(8192, [q_bits])[0].value()
+    rng = np.random.default_rng(q_bits + n_in)
+    W = rng.integers(-(2**weight_bits), 2**weight_bits, size=(5, n_in)).astype(np.float64)
+    W[0, :] = 2**weight_bits - 1  # the largest products the bound allows
+    rows = [rng.integers(0, q, size=(3, 8), dtype=np.uint64) for _ in range(n_in)]
+    rows[0][:] = q - 1
+    dense = ModularDense(W, [q])
+    assert (dense.plans[0][5] is not None) == in_float
+    got = dense.apply(0, dense.gather(0, rows))
+    C = np.stack([r.reshape(-1) for r in rows])
+    expected = [[sum(int(W[i, k]) * int(C[k, j]) for k in range(n_in)) % q for j in range(24)] for i in range(5)]
+    assert got.tolist() == expected
+
+
 def test_raw_ciphertext_round_trip_through_seal():
     import tenseal.sealapi as sealapi
 
