@@ -605,6 +605,9 @@ def op_costs(services, name: str) -> dict:
     secret._keygen.create_galois_keys([3], galois)
     relin = sealapi.RelinKeys()
     secret._keygen.create_relin_keys(relin)
+    public = sealapi.PublicKey()
+    secret._keygen.create_public_key(public)
+    encryptor = sealapi.Encryptor(runtime.context, public)
     ev = runtime.evaluator
     # The scale does not change what an operation costs; 2^20 keeps a product (2^40) within the
     # second-to-last level of every plan (a 36-bit last prime at N=8192 and 26-27-bit primes).
@@ -617,6 +620,9 @@ def op_costs(services, name: str) -> dict:
         costs[f"multiply_plain@{level}"] = _ms(lambda c=ct, p=plain, o=out: ev.multiply_plain(c, p, o))
         costs[f"add@{level}"] = _ms(lambda c=ct, o=out: ev.add(c, c, o))
         costs[f"rotate@{level}"] = _ms(lambda c=ct, o=out: ev.rotate_vector(c, 1, galois, o))
+        result = sealapi.Ciphertext()
+        ev.add(ct, ct, result)  # re-randomized in place, as the server does each result
+        costs[f"rerandomize@{level}"] = _ms(lambda r=result: runtime.rerandomize(r, encryptor))
         if level + 1 < len(plan.levels):
             costs[f"rescale@{level}"] = _ms(lambda c=ct, o=out: ev.rescale_to_next(c, o))
             costs[f"multiply_relinearize@{level}"] = _ms(

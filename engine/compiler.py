@@ -149,6 +149,7 @@ class NetworkSchedule:
                     {"op": "multiply_relinearize", "count": 1, "level": level},
                     {"op": "rescale", "count": 1, "level": level},
                 ]
+        ops.append({"op": "rerandomize", "count": 1, "level": self.depth})  # every result leaves re-randomized
         return [op for op in ops if op["count"]]
 
     def single_row_seconds(self) -> float:
@@ -211,6 +212,7 @@ class NetworkSchedule:
                         {"op": "multiply_relinearize", "count": layer.n_out, "level": out_level},
                         {"op": "rescale", "count": layer.n_out, "level": out_level},
                     ]
+        ops.append({"op": "rerandomize", "count": self.dense[-1].n_out, "level": self.depth})
         return ops
 
 

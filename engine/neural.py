@@ -116,6 +116,7 @@ def _single_ops(layout: PackedLayout, slots: int, two_layers: bool) -> list[dict
         {"op": "rescale", "count": 1, "level": 1},
         {"op": "rotate", "count": rot["output"], "level": 2},
         {"op": "add", "count": rot["output"] + int(two_layers), "level": 2},
+        {"op": "rerandomize", "count": 1, "level": 2},  # every result leaves the server re-randomized
     ]
     return [op for op in ops if op["count"]]
 
@@ -352,9 +353,13 @@ class NetworkPlan(LeveledPlan):
                 {"op": "relinearize", "count": self.n_outputs, "level": 0},
                 {"op": "rescale", "count": self.n_outputs, "level": 0},
                 {"op": "rescale", "count": self.n_outputs, "level": 1},
+                {"op": "rerandomize", "count": self.n_outputs, "level": 2},
             ]
         else:
-            batch_ops.append({"op": "rescale", "count": self.n_hidden, "level": 0})
+            batch_ops += [
+                {"op": "rescale", "count": self.n_hidden, "level": 0},
+                {"op": "rerandomize", "count": self.n_hidden, "level": 1},
+            ]
         return {
             "layers": ["dense", "x*(x+beta)", "dense"] if self.two_layers else ["dense"],
             "shape": [self.n_features, self.n_hidden] + ([self.n_outputs] if self.two_layers else []),
