@@ -176,13 +176,15 @@ class NetworkSchedule:
         (digits-cryptonets: 256 units, then 32); elsewhere SEAL multiplies, relinearizes, rescales."""
         return self.widths[number + 1] > self.widths[number + 2]
 
+    def batch_takes_fused(self, number: int) -> bool:
+        """Whether dense layer `number` takes a fused activation (three polynomials, unrescaled)."""
+        return number > 0 and self.batch_fused(number - 1)
+
     def batch_level(self, number: int) -> int:
         """The level of dense layer `number`'s matrix product in the batch layout. Every layer's
         outputs land at level 2 * number + 1; a layer after a fused activation takes its input one
         level earlier (unrescaled, ~2^(2s)) and drops two primes."""
-        if number == 0:
-            return 0
-        return 2 * number - 1 if self.batch_fused(number - 1) else 2 * number
+        return 2 * number + 1 - (2 if self.batch_takes_fused(number) else 1)
 
     def batch_ops(self) -> list[dict]:
         """Operations of one batch chunk (one ciphertext per feature and per unit): modular matrix
@@ -191,7 +193,7 @@ class NetworkSchedule:
         for number, layer in enumerate(self.dense):
             level = self.batch_level(number)
             shape = [layer.n_out, layer.n_in]
-            if number and self.batch_fused(number - 1):
+            if self.batch_takes_fused(number):
                 ops += [
                     {"op": "modular_matmul", "shape": shape, "components": 3, "level": level},
                     {"op": "rescale_3", "count": layer.n_out, "level": level},

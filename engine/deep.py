@@ -169,7 +169,7 @@ class DeepNetworkPlan(LeveledPlan):
         for number, layer in enumerate(self.dense):
             level = sched.batch_level(number)
             moduli = self.moduli[level]
-            rescales = 2 if number and sched.batch_fused(number - 1) else 1
+            rescales = 2 if sched.batch_takes_fused(number) else 1
             dropped = math.prod(float(q) for q in moduli[len(moduli) - rescales:])
             plain_scale = max(1, round(self.data_scale * dropped / scale))
             layer.batch_plain_scale = plain_scale
