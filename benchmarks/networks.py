@@ -24,6 +24,7 @@ from heserve.client.keys import SecretContext
 from heserve.client.postprocess import preprocess
 from heserve.engine import seal_io
 from heserve.engine.modmath import ModularDense, mulmod_vector
+from heserve.engine.zero_encryption import ZeroEncryptor
 from heserve.models.nets import digits_split, mnist_size_split
 
 from .inprocess import InProcess
@@ -607,7 +608,7 @@ def op_costs(services, name: str) -> dict:
     secret._keygen.create_relin_keys(relin)
     public = sealapi.PublicKey()
     secret._keygen.create_public_key(public)
-    encryptor = sealapi.Encryptor(runtime.context, public)
+    encryptor = ZeroEncryptor(runtime.context, public)
     ev = runtime.evaluator
     # The scale does not change what an operation costs; 2^20 keeps a product (2^40) within the
     # second-to-last level of every plan (a 36-bit last prime at N=8192 and 26-27-bit primes).

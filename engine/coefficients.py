@@ -14,12 +14,11 @@ every other power sums to zero over the roots).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from heserve.engine import seal_io, seal_raw
+from heserve.engine import seal_io, seal_memory, seal_raw
+from heserve.engine.randomness import random_bytes
 
 # Coefficients are carried as int64 before reduction, and must leave room for the sum.
 MAX_COEFFICIENT = 2.0**62
@@ -57,6 +56,16 @@ class CoefficientCodec:
     def _transform(self, residues: np.ndarray, to_ntt: bool) -> np.ndarray:
         # The second polynomial only keeps SEAL from refusing a "transparent" ciphertext.
         pair = np.stack([residues, np.ones_like(residues)])
+        if seal_memory.available():
+            if to_ntt:
+                ct = sealapi.Ciphertext(self.context)  # coefficient form until transformed
+                ct.resize(self.context, self.parms_id, 2)
+                seal_memory.coefficients(ct)[...] = pair
+                self._evaluator.transform_to_ntt_inplace(ct)
+            else:
+                ct = seal_memory.ciphertext(self.context, self.parms_id, pair, 1.0)
+                self._evaluator.transform_from_ntt_inplace(ct)
+            return seal_memory.coefficients(ct)[0].copy()
         blob = seal_raw.build(self.parms_id, 1.0, pair, self._version, ntt_form=not to_ntt)
         ct = seal_io.load(sealapi.Ciphertext, self.context, blob, "polynomial")
         if to_ntt:
@@ -67,11 +76,15 @@ class CoefficientCodec:
 
     def plaintext_residues(self, plain: sealapi.Plaintext) -> np.ndarray:
         """The NTT-form residues (primes, N) of a plaintext."""
+        if seal_memory.available():
+            return seal_memory.plaintext_coefficients(plain).reshape(-1, self.n).copy()
         return seal_raw.plaintext_residues(seal_raw.own_uncompressed(seal_io.dump(plain)), self.n)
 
     # --- plaintexts --------------------------------------------------------------------------
     def plaintext(self, ntt_residues: np.ndarray, scale: float) -> sealapi.Plaintext:
         """A SEAL plaintext with these NTT-form residues at this level and scale."""
+        if seal_memory.available():
+            return seal_memory.plaintext(self.parms_id, ntt_residues, scale)
         blob = seal_raw.build_plaintext(self.parms_id, scale, ntt_residues, self._version)
         return seal_io.load(sealapi.Plaintext, self.context, blob, "plaintext")
 
@@ -108,7 +121,7 @@ class CoefficientCodec:
     # --- masking -----------------------------------------------------------------------------
     def uniform_except_constant(self, constants: list[int]) -> np.ndarray:
         """NTT-form residues of a polynomial whose constant coefficient is `constants` (per prime)
-        and whose every other coefficient is uniformly random, from the operating system's CSPRNG.
+        and whose every other coefficient is uniformly random, from a CSPRNG.
 
         Uniform NTT values with one of them fixed so that their sum is N * constant: the NTT is a
         bijection, so the coefficients are uniform on the polynomials with that constant term."""
@@ -124,11 +137,11 @@ class CoefficientCodec:
 
 
 def uniform_mod(q: int, count: int) -> np.ndarray:
-    """count values uniform in [0, q) from os.urandom, by rejection (no modulo bias)."""
+    """count values uniform in [0, q) from a CSPRNG (engine.randomness), by rejection (no modulo bias)."""
     limit = np.uint64(((1 << 64) // q) * q - 1)
-    values = np.frombuffer(os.urandom(8 * count), dtype=np.uint64).copy()
+    values = np.frombuffer(random_bytes(8 * count), dtype=np.uint64).copy()
     while True:
         rejected = values > limit
         if not rejected.any():
             return values % np.uint64(q)
-        values[rejected] = np.frombuffer(os.urandom(8 * int(rejected.sum())), dtype=np.uint64)
+        values[rejected] = np.frombuffer(random_bytes(8 * int(rejected.sum())), dtype=np.uint64)

@@ -40,12 +40,16 @@ import math
 import numpy as np
 import tenseal.sealapi as sealapi
 
+from heserve.engine import seal_io, seal_memory
 from heserve.engine.coefficients import CoefficientCodec
 from heserve.engine.errors import EngineError
 from heserve.engine.params import CKKSParams
 from heserve.engine.spec import BATCH, COEFFICIENTS, SINGLE, EncryptionSpec, LayoutSpec
+from heserve.engine.zero_encryption import ZeroEncryptor
 
 LINEAR_PARAMS = CKKSParams(4096, (60,))
+# zstd saves a ciphertext's unused high bits only: with primes of this size, ~6 % at most.
+FULL_WORD_PRIME_BITS = 58
 DATA_PRIME_BITS = 60
 # Keep this many bits of the data prime free above |output| * scale (sign, rounding, noise).
 HEADROOM_BITS = 2
@@ -67,7 +71,7 @@ class SealRuntime:
         self.slots = self.encoder.slot_count()
         self.first_parms_id = self.context.first_parms_id()
 
-    def rerandomize(self, ct: sealapi.Ciphertext, public_key: sealapi.Encryptor) -> None:
+    def rerandomize(self, ct: sealapi.Ciphertext, zeros: ZeroEncryptor) -> None:
         """Add a fresh encryption of zero under the client's public key.
 
         A result's second polynomial is otherwise a function of the client's own input
@@ -75,10 +79,15 @@ class SealRuntime:
         division inverts). After this it is pseudorandom to the client (ring LWE), and the
         decryption changes by a small noise of the client's key and fresh randomness alone.
         """
-        zero = sealapi.Ciphertext()
-        public_key.encrypt_zero(ct.parms_id(), zero)
-        zero.scale = ct.scale
-        self.evaluator.add_inplace(ct, zero)
+        self.evaluator.add_inplace(ct, zeros.zero(ct.parms_id(), ct.scale))
+
+    def serialize_result(self, ct: sealapi.Ciphertext) -> bytes:
+        """A result ciphertext as SEAL serializes it: uncompressed where its primes fill most of
+        their 64-bit words (zstd would only cost time), SEAL's zstd framing otherwise."""
+        primes = self.context.get_context_data(ct.parms_id()).parms().coeff_modulus()
+        if seal_memory.available() and min(q.bit_count() for q in primes) >= FULL_WORD_PRIME_BITS:
+            return seal_memory.dump(ct)
+        return seal_io.dump(ct)
 
     def encode(self, values: np.ndarray | float, scale: float) -> sealapi.Plaintext:
         plain = sealapi.Plaintext()

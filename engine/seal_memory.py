@@ -16,6 +16,10 @@ SEAL's own serialization, a written ciphertext read back by SEAL's decryptor), a
 checks the header fields it relies on against SEAL's accessors. Where the check fails the
 callers keep the serialization path, which gives the same numbers more slowly.
 
+SEAL 4.1's Plaintext keeps parms_id (4 words), the coefficient count, the scale, then the
+same DynArray; `plaintext` writes one (an NTT-form CKKS plaintext) without serialization,
+checked the same way.
+
 A view is valid until SEAL next changes that ciphertext (an in-place operation may
 reallocate it); callers copy what they keep.
 """
@@ -32,17 +36,19 @@ import tenseal.sealapi as sealapi
 _OBJECT_HEADER = 16  # PyObject_HEAD: reference count and type pointer
 _WORDS = 15  # parms_id[4], ntt, size, degree, primes, scale, correction, pool[2], capacity, count, data
 _NTT, _SIZE, _DEGREE, _PRIMES, _SCALE, _COUNT, _DATA = 4, 5, 6, 7, 8, 13, 14
+_PLAIN_WORDS = 11  # parms_id[4], coefficient count, scale, pool[2], capacity, count, data
+_PLAIN_COEFFS, _PLAIN_SCALE, _PLAIN_COUNT, _PLAIN_DATA = 4, 5, 9, 10
 
 
 class LayoutError(RuntimeError):
     """A ciphertext's memory does not look like the layout this module reads."""
 
 
-def _header(ct: sealapi.Ciphertext) -> tuple[int, ctypes.Array]:
-    address = ctypes.c_uint64.from_address(id(ct) + _OBJECT_HEADER).value
+def _header(obj, words: int = _WORDS) -> tuple[int, ctypes.Array]:
+    address = ctypes.c_uint64.from_address(id(obj) + _OBJECT_HEADER).value
     if not address:
-        raise LayoutError("no C++ object behind this ciphertext")
-    return address, (ctypes.c_uint64 * _WORDS).from_address(address)
+        raise LayoutError(f"no C++ object behind this {type(obj).__name__}")
+    return address, (ctypes.c_uint64 * words).from_address(address)
 
 
 def _checked(ct: sealapi.Ciphertext) -> tuple[int, ctypes.Array, tuple[int, int, int]]:
@@ -84,6 +90,49 @@ def ciphertext(context: sealapi.SEALContext, parms_id, data: np.ndarray, scale: 
     return ct
 
 
+def plaintext_coefficients(plain: sealapi.Plaintext) -> np.ndarray:
+    """A writable (coefficient count,) uint64 view of a plaintext's data (it keeps `plain` alive)."""
+    _, words = _header(plain, _PLAIN_WORDS)
+    count = plain.coeff_count()
+    if list(words[0:4]) != list(plain.parms_id()) or words[_PLAIN_COEFFS] != count or words[_PLAIN_COUNT] != count:
+        raise LayoutError("the plaintext's header is not where it was expected")
+    if np.float64(plain.scale).view(np.uint64) != words[_PLAIN_SCALE] or (count and not words[_PLAIN_DATA]):
+        raise LayoutError("the plaintext's header is not where it was expected")
+    buffer = (ctypes.c_uint64 * count).from_address(words[_PLAIN_DATA])
+    buffer._owner = plain
+    return np.frombuffer(buffer, dtype=np.uint64)
+
+
+def plaintext(parms_id, data: np.ndarray, scale: float) -> sealapi.Plaintext:
+    """An NTT-form CKKS plaintext at `parms_id` holding the residues `data` (primes, N), at `scale`."""
+    plain = sealapi.Plaintext()
+    plain.resize(data.size)
+    _, words = _header(plain, _PLAIN_WORDS)
+    if words[_PLAIN_COEFFS] != data.size or words[_PLAIN_COUNT] != data.size or not words[_PLAIN_DATA]:
+        raise LayoutError("the plaintext's coefficient array is not where it was expected")
+    if plain.is_ntt_form() or np.float64(plain.scale).view(np.uint64) != words[_PLAIN_SCALE]:
+        raise LayoutError("the plaintext's header is not where it was expected")
+    words[0:4] = [int(w) for w in parms_id]
+    words[_PLAIN_SCALE] = int(np.float64(scale).view(np.uint64))
+    if list(plain.parms_id()) != list(parms_id) or plain.scale != scale or not plain.is_ntt_form():
+        raise LayoutError("the plaintext's header is not where it was expected")
+    buffer = (ctypes.c_uint64 * data.size).from_address(words[_PLAIN_DATA])
+    np.frombuffer(buffer, dtype=np.uint64)[:] = np.ascontiguousarray(data, dtype=np.uint64).reshape(-1)
+    return plain
+
+
+def dump(ct: sealapi.Ciphertext) -> bytes:
+    """SEAL's serialization of `ct` without compression, written from its memory.
+
+    Byte for byte what SEAL writes with compr_mode none (tests/test_seal_memory.py), which
+    tenseal.sealapi cannot ask for: its save always runs zstd, which costs ~0.15 ms for a
+    64 KB ciphertext and saves nothing when the primes fill their 64-bit words.
+    """
+    from heserve.engine import seal_raw
+
+    return seal_raw.build(ct.parms_id(), ct.scale, coefficients(ct), seal_raw.seal_version(), ct.is_ntt_form())
+
+
 @functools.cache
 def available() -> bool:
     """Whether this process's SEAL objects have the layout read here (checked once, on known data)."""
@@ -113,6 +162,15 @@ def available() -> bool:
         decrypted = sealapi.Plaintext()
         decryptor.decrypt(copy, decrypted)
         out = np.array(encoder.decode_double(decrypted))
-        return bool(np.max(np.abs(out - values)) < 1e-3)
+        if not np.max(np.abs(out - values)) < 1e-3:
+            return False
+        # A written plaintext: SEAL serializes the residues it was given, and decodes its values.
+        residues = seal_raw.plaintext_residues(seal_raw.own_uncompressed(seal_io.dump(plain)), 4096)
+        if not np.array_equal(plaintext_coefficients(plain), residues.reshape(-1)):
+            return False
+        written = plaintext(plain.parms_id(), residues.copy(), plain.scale)
+        if seal_io.dump(written) != seal_io.dump(plain):
+            return False
+        return bool(np.max(np.abs(np.array(encoder.decode_double(written)) - values)) < 1e-3)
     except (LayoutError, RuntimeError, ValueError, OverflowError):
         return False

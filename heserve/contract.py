@@ -28,6 +28,7 @@ from heserve.engine import seal_io
 from heserve.engine.params import galois_element
 from heserve.engine.plan import Plan
 from heserve.engine.spec import BATCH, COEFFICIENTS, SINGLE
+from heserve.engine.zero_encryption import ZeroEncryptor
 
 # Empty slots of a network's result hold the rounding residue of zero weights (~1e-6 of the
 # hidden activations); a value this large there would be readable.
@@ -64,7 +65,7 @@ class _Owner:
         keygen = self.secret._keygen
         public = sealapi.PublicKey()
         keygen.create_public_key(public)
-        self.public = sealapi.Encryptor(plan.runtime.context, public)
+        self.public = ZeroEncryptor(plan.runtime.context, public)
         self.relin = None
         if self.spec.relin_keys_needed:
             self.relin = sealapi.RelinKeys()

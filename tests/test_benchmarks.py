@@ -175,3 +175,15 @@ def test_readme_splice_points_the_plots_into_the_results_folder(quick, tmp_path)
     for name in ("latency.png", "throughput.png", "sizes.png"):
         expected = expected.replace(f"]({name})", f"]({prefix}{name})")
     assert text.split(readme.START)[1].split(readme.END)[0].strip() == expected
+
+
+def test_the_zero_copy_comparison_runs_both_variants_and_leaves_the_views_on():
+    from heserve.benchmarks import zero_copy
+    from heserve.engine import seal_memory
+
+    lines = zero_copy.zero_encryption(2)
+    assert len(lines) == 4 and all("ratio" in line for line in lines)
+    assert "[bulk]" in lines[0] and all("special prime" in line for line in lines[1:])
+    on, off = zero_copy.linear_request(2)
+    assert on.startswith("views on") and off.startswith("views off") and "total" in on
+    assert seal_memory.available()

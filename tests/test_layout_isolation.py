@@ -27,6 +27,7 @@ from heserve.engine.linear import LinearPlan
 from heserve.engine.neural import NETWORK_PARAMS, NetworkPlan
 from heserve.engine.packing import PackedLayout
 from heserve.engine.spec import SINGLE
+from heserve.engine.zero_encryption import ZeroEncryptor
 from heserve.models.nets import digits_split, mnist_size_split
 from heserve.server.service.registry import ServedModel, load_registry
 
@@ -137,7 +138,7 @@ class CoefficientAttacker:
         self.secret = SecretContext.generate(plan.spec().ckks)
         self.codec = self.secret.codec
 
-    def run(self, coefficients: np.ndarray, public_key: sealapi.Encryptor | None = None) -> list[np.ndarray]:
+    def run(self, coefficients: np.ndarray, public_key: ZeroEncryptor | None = None) -> list[np.ndarray]:
         """`public_key`: re-randomize the results with it, as the server does with the registered one."""
         plain = self.codec.encode(coefficients, self.plan.input_scale)
         ct = sealapi.Ciphertext()
@@ -175,7 +176,7 @@ def test_linear_results_read_only_the_first_features_and_mask_the_rest(registry,
             assert 0.45 < far.mean() < 0.55, "coefficients other than the output are readable"
 
 
-def forged_public_key(attacker: CoefficientAttacker, scalar: int) -> sealapi.Encryptor:
+def forged_public_key(attacker: CoefficientAttacker, scalar: int) -> ZeroEncryptor:
     """pk0 = -a*s + e + scalar, pk1 = a from the honest seed: a result re-randomized with it decrypts
     to ... + scalar*u, so wherever a coefficient is readable, the server's ternary u is too."""
     from heserve.engine import seal_raw
@@ -192,7 +193,7 @@ def forged_public_key(attacker: CoefficientAttacker, scalar: int) -> sealapi.Enc
     for i, q in enumerate(moduli):
         polys[0, i] = (polys[0, i] + np.uint64(scalar * special % q)) % np.uint64(q)
     blob = seal_raw.build(list(context.key_parms_id()), 1.0, polys, seal_raw.seal_version())
-    return sealapi.Encryptor(context, seal_io.load(sealapi.PublicKey, context, blob, "forged public key"))
+    return ZeroEncryptor(context, seal_io.load(sealapi.PublicKey, context, blob, "forged public key"))
 
 
 @pytest.mark.parametrize("name", LINEAR_ONE + LINEAR_MANY)

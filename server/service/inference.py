@@ -329,7 +329,7 @@ def _rerandomized(runtime, results: list, eval_keys) -> list[bytes]:
     out = []
     for ct in results:
         runtime.rerandomize(ct, eval_keys.public)
-        out.append(seal_bounds.with_version(seal_io.dump(ct), version))
+        out.append(seal_bounds.with_version(runtime.serialize_result(ct), version))
     return out
 
 

@@ -11,6 +11,7 @@ import tenseal.sealapi as sealapi
 
 from heserve.engine import seal_bounds, seal_io
 from heserve.engine.params import CKKSParams, ParameterError
+from heserve.engine.zero_encryption import ZeroEncryptor
 from heserve.protocol import v2
 from heserve.server.service.errors import BadRequest, KeyNotFound
 from heserve.server.service.keystore import KeyCache, KeyRecord, KeyStore, new_key_id
@@ -27,7 +28,7 @@ class EvaluationKeys:
     record: KeyRecord
     galois: sealapi.GaloisKeys | None
     relin: sealapi.RelinKeys | None
-    public: sealapi.Encryptor | None  # the client's public key, to re-randomize results with
+    public: ZeroEncryptor | None  # the client's public key, to re-randomize results with
 
 
 def in_memory_bytes(params: CKKSParams, galois_elements: int, relin: bool) -> int:
@@ -207,7 +208,7 @@ class KeyService:
             if self.quotas is not None:
                 self.quotas.release_key(tenant if tenant is not None else owner, key_id)
             raise
-        encryptor = sealapi.Encryptor(runtime.context, public)
+        encryptor = ZeroEncryptor(runtime.context, public)
         self.cache.put(
             record.key_id, (galois, relin, encryptor), in_memory_bytes(params, len(elements), relin is not None)
         )
@@ -305,7 +306,7 @@ class KeyService:
     @staticmethod
     def _deserialize_stored(
         parts: dict[str, bytes], context
-    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None, sealapi.Encryptor | None]:
+    ) -> tuple[sealapi.GaloisKeys | None, sealapi.RelinKeys | None, ZeroEncryptor | None]:
         """Keys this server parsed and serialized itself at registration."""
         galois = (
             seal_io.load(sealapi.GaloisKeys, context, parts["galois_keys"], "galois_keys")
@@ -318,7 +319,7 @@ class KeyService:
             else None
         )
         public = (
-            sealapi.Encryptor(context, seal_io.load(sealapi.PublicKey, context, parts["public_key"], "public_key"))
+            ZeroEncryptor(context, seal_io.load(sealapi.PublicKey, context, parts["public_key"], "public_key"))
             if "public_key" in parts
             else None
         )
