@@ -70,9 +70,8 @@ class ZeroEncryptor:
             raise ValueError("a ciphertext at a level this context does not have")  # one level: no special prime
         n = self._key.shape[2]
         small = np.stack([ternary(n), centered_binomial(n), centered_binomial(n)])  # u, e0, e1
-        q = self._moduli[None, :, None]
-        residues = np.where(small[:, None, :] < 0, q - np.abs(small)[:, None, :].astype(np.uint64),
-                            small[:, None, :].astype(np.uint64))
+        # Every prime is below 2^61, so int64 holds it and remainder() leaves residues in [0, q).
+        residues = np.remainder(small[:, None, :], self._moduli.astype(np.int64)[None, :, None]).view(np.uint64)
         polys = sealapi.Ciphertext(self._context)
         polys.resize(self._context, list(parms_id), 3)  # coefficient form until transformed
         seal_memory.coefficients(polys)[...] = residues
