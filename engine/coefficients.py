@@ -18,7 +18,6 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from heserve.engine import seal_io, seal_memory, seal_raw
-from heserve.engine.randomness import random_bytes
 
 # Coefficients are carried as int64 before reduction, and must leave room for the sum.
 MAX_COEFFICIENT = 2.0**62
@@ -138,6 +137,9 @@ class CoefficientCodec:
 
 def uniform_mod(q: int, count: int) -> np.ndarray:
     """count values uniform in [0, q) from a CSPRNG (engine.randomness), by rejection (no modulo bias)."""
+    # Imported here: masks are drawn by the server only, and the SDK does not depend on cryptography.
+    from heserve.engine.randomness import random_bytes
+
     limit = np.uint64(((1 << 64) // q) * q - 1)
     values = np.frombuffer(random_bytes(8 * count), dtype=np.uint64).copy()
     while True:
