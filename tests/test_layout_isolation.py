@@ -186,12 +186,13 @@ def forged_public_key(attacker: CoefficientAttacker, scalar: int) -> ZeroEncrypt
     polys = seal_raw.polynomials(seal_raw.own_uncompressed(seal_io.dump(honest))).copy()  # (2, primes, N)
     context = attacker.plan.runtime.context
     moduli = [m.value() for m in context.key_context_data().parms().coeff_modulus()]
-    # SEAL encrypts zero at the key level and divides by the special prime on the way down: the
-    # forged term is scalar * special prime, so that scalar * u is what reaches the result. A
+    # With a special prime SEAL encrypts zero at the key level and divides by it on the way down: the
+    # forged term is then scalar * special prime, so that scalar * u is what reaches the result.
+    # Without one (the linear set) zero is encrypted at the result's own level: scalar itself. A
     # constant polynomial is the same value at every NTT point.
-    special = moduli[-1]
+    term = scalar * moduli[-1] if context.using_keyswitching() else scalar
     for i, q in enumerate(moduli):
-        polys[0, i] = (polys[0, i] + np.uint64(scalar * special % q)) % np.uint64(q)
+        polys[0, i] = (polys[0, i] + np.uint64(term % q)) % np.uint64(q)
     blob = seal_raw.build(list(context.key_parms_id()), 1.0, polys, seal_raw.seal_version())
     return ZeroEncryptor(context, seal_io.load(sealapi.PublicKey, context, blob, "forged public key"))
 
@@ -207,11 +208,23 @@ def test_a_forged_public_key_does_not_expose_the_servers_randomness(registry, na
     q = attacker.codec.moduli[0]
     scalar = q // 8
     forged = forged_public_key(attacker, scalar)
+
+    def near_u(coefficients: np.ndarray, scale: float) -> float:
+        raw = coefficients[1:] * scale
+        distance = np.min(np.abs(raw[:, None] - np.array([-scalar, 0, scalar])[None, :]), axis=1)
+        return float(np.mean(distance < q / 64))
+
+    # The forgery works: a bare encryption of zero under it decrypts to scalar * u, u in plain sight.
+    zero = forged.zero(list(attacker.codec.parms_id), 1.0)
+    decrypted = sealapi.Plaintext()
+    attacker.secret._decryptor.decrypt(zero, decrypted)
+    values = attacker.codec.from_ntt(attacker.codec.plaintext_residues(decrypted))[0]
+    centred = np.where(values > q // 2, values.astype(np.float64) - q, values.astype(np.float64))
+    assert near_u(centred, 1.0) > 0.95
+    assert 0.6 < float(np.mean(np.abs(np.abs(centred) - scalar) < q / 64)) < 0.73  # u = +-1: two thirds
     row = np.random.default_rng(10).normal(0.0, 1.0, plan.n_features)  # an honest row: most products are 0
     for coefficients in attacker.run(row, public_key=forged):
-        raw = coefficients[1:] * plan.output_scale
-        distance = np.min(np.abs(raw[:, None] - np.array([-scalar, 0, scalar])[None, :]), axis=1)
-        near = float(np.mean(distance < q / 64))
+        near = near_u(coefficients, plan.output_scale)
         assert near < 0.15, f"{near:.0%} of the coefficients reveal the server's randomness"
 
 

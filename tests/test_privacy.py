@@ -348,3 +348,39 @@ def test_every_response_has_a_request_id_and_an_audit_line_without_payload(serve
     # The key id travels in the body of registrations and inferences; the audit line still names it.
     mine = [line for line in lines if line.get("key_id") == key_id]
     assert {line["route"] for line in mine} >= {"/v2/keys", "/v2/models/<name>/infer"}
+
+
+def test_a_registered_forged_public_key_reveals_no_randomness_in_linear_single_results(server):
+    """An attacker registers pk0 + scalar (a seeded upload, its first polynomial edited: the server
+    cannot tell) so that re-randomization decrypts to ... + scalar * u. The server's own bulk
+    encryption of zero then carries u; in the coefficient layout the uniform mask covers every
+    coefficient but the constant, so at most chance puts a coefficient next to -scalar, 0, +scalar."""
+    from heserve.engine import seal_raw
+    from heserve.protocol import v2
+
+    name = "breast-cancer-logreg"
+    spec = model_spec(server.url, name)
+    secret = SecretContext.generate(spec.ckks)
+    body, length = secret.evaluation_key_request([], relin_keys=False)
+    message = v2.decode(body, length, "inputs")
+    (public,) = [t for t in message.tensors if t.name == "public_key"]
+    upload = bytearray(public.data[0])
+    q = secret.codec.moduli[0]
+    scalar = q // 8
+    n = spec.ckks.poly_modulus_degree
+    offset = seal_raw.HEADER + seal_raw.PREFIX + seal_raw.HEADER + 8  # the first polynomial's words
+    c0 = np.frombuffer(bytes(upload[offset : offset + 8 * n]), dtype="<u8")
+    upload[offset : offset + 8 * n] = ((c0 + np.uint64(scalar)) % np.uint64(q)).astype("<u8").tobytes()
+    public.data[0] = bytes(upload)
+    response = post_binary(server.url, "/v2/keys", message)
+    assert response.status_code == 201, response.text
+    key_id = response.json()["key_id"]
+    rows = np.random.default_rng(11).normal(0.0, 1.0, (2, 30))
+    ciphertexts = [encrypt_single(secret, spec, row) for row in rows]
+    response = post_binary(server.url, f"/v2/models/{name}/infer", infer_message(ciphertexts, key_id))
+    assert response.status_code == 200, response.text
+    for blob in decode_outputs(response).tensors[0].data:
+        coefficients, _, _ = result_coefficients(secret, blob)
+        raw = np.array([float(c) for c in coefficients[1:]])
+        near = np.min(np.abs(raw[:, None] - np.array([-scalar, 0.0, scalar])[None, :]), axis=1) < q / 64
+        assert float(np.mean(near)) < 0.15, f"{np.mean(near):.0%} of the coefficients show the server's u"

@@ -69,6 +69,11 @@ def test_the_bulk_path_serves_the_contexts_without_a_special_prime(keys):
     runtime, public, _, _ = keys
     zeros = ZeroEncryptor(runtime.context, public)
     assert (zeros._key is not None) == (not runtime.context.using_keyswitching())
+    # One copy of the public key either way: what a worker's key cache charges for it.
+    assert (zeros._key is None) != (zeros._encryptor is None)
+    if zeros._key is not None:
+        primes = len(runtime.params.coeff_mod_bit_sizes)
+        assert zeros._key.nbytes == 2 * primes * runtime.params.poly_modulus_degree * 8
 
 
 def test_every_zero_is_fresh(keys):
