@@ -63,8 +63,9 @@ def zero_encryption(calls: int) -> list[str]:
     return lines
 
 
-def _with_views(on: bool) -> None:
+def _with_views(on: bool, runtime: SealRuntime, raw_levels: frozenset) -> None:
     seal_memory.available = (lambda: True) if on else (lambda: False)
+    runtime._raw_levels = raw_levels if on else frozenset()  # decided at start-up: switched here
 
 
 def linear_request(calls: int) -> list[str]:
@@ -76,15 +77,17 @@ def linear_request(calls: int) -> list[str]:
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
         engine = InProcess(Path(tmp))
+        runtime = engine.services.registry.get("breast-cancer-logreg").plan.runtime
+        raw_levels = runtime._raw_levels
         for on in (True, False):
-            _with_views(on)
+            _with_views(on, runtime, raw_levels)
             sessions[on] = engine.session("breast-cancer-logreg")
         phases = {on: {"encrypt": [], "server": [], "decrypt": []} for on in (True, False)}
         try:
             for i in range(calls + 10):
                 row = x[i % len(x) : i % len(x) + 1]
                 for on in (True, False):
-                    _with_views(on)
+                    _with_views(on, runtime, raw_levels)
                     session = sessions[on]
                     start = time.perf_counter()
                     request = session.remote.encrypt(row, "single")[0]
@@ -98,6 +101,7 @@ def linear_request(calls: int) -> list[str]:
                         phases[on]["decrypt"].append(time.perf_counter() - answered)
         finally:
             seal_memory.available = checked
+            runtime._raw_levels = raw_levels
     lines = []
     for on in (True, False):
         medians = {k: float(np.median(v)) * 1e3 for k, v in phases[on].items()}

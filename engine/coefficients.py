@@ -56,13 +56,10 @@ class CoefficientCodec:
         # The second polynomial only keeps SEAL from refusing a "transparent" ciphertext.
         pair = np.stack([residues, np.ones_like(residues)])
         if seal_memory.available():
+            ct = seal_memory.ciphertext(self.context, self.parms_id, pair, 1.0, ntt_form=not to_ntt)
             if to_ntt:
-                ct = sealapi.Ciphertext(self.context)  # coefficient form until transformed
-                ct.resize(self.context, self.parms_id, 2)
-                seal_memory.coefficients(ct)[...] = pair
                 self._evaluator.transform_to_ntt_inplace(ct)
             else:
-                ct = seal_memory.ciphertext(self.context, self.parms_id, pair, 1.0)
                 self._evaluator.transform_from_ntt_inplace(ct)
             return seal_memory.coefficients(ct)[0].copy()
         blob = seal_raw.build(self.parms_id, 1.0, pair, self._version, ntt_form=not to_ntt)

@@ -20,7 +20,6 @@ class LeveledPlan(RowCharges):
     moduli: list[list[int]]  # the primes of every level
 
     def _read_levels(self) -> None:
-        seal_memory.available()  # checked once per process, when the first plan compiles, not on a request
         data = self.runtime.context.first_context_data()
         self.levels, self.moduli = [], []
         while data is not None:

@@ -48,7 +48,6 @@ from heserve.engine.spec import BATCH, COEFFICIENTS, SINGLE, EncryptionSpec, Lay
 from heserve.engine.zero_encryption import ZeroEncryptor
 
 LINEAR_PARAMS = CKKSParams(4096, (60,))
-# zstd saves a ciphertext's unused high bits only: with primes of this size, ~6 % at most.
 FULL_WORD_PRIME_BITS = 58
 DATA_PRIME_BITS = 60
 # Keep this many bits of the data prime free above |output| * scale (sign, rounding, noise).
@@ -70,6 +69,17 @@ class SealRuntime:
         self.evaluator = sealapi.Evaluator(self.context)
         self.slots = self.encoder.slot_count()
         self.first_parms_id = self.context.first_parms_id()
+        # Decided once here, not per result: the levels whose results are written uncompressed from
+        # SEAL's memory (zstd saves only unused high bits; with primes this large, ~6 % at most).
+        # This also runs seal_memory's once-per-process layout check at start-up, not on a request.
+        self._raw_levels: frozenset[tuple[int, ...]] = frozenset()
+        if seal_memory.available():
+            levels, data = set(), self.context.first_context_data()
+            while data is not None:
+                if min(q.bit_count() for q in data.parms().coeff_modulus()) >= FULL_WORD_PRIME_BITS:
+                    levels.add(tuple(data.parms_id()))
+                data = data.next_context_data()
+            self._raw_levels = frozenset(levels)
 
     def rerandomize(self, ct: sealapi.Ciphertext, zeros: ZeroEncryptor) -> None:
         """Add a fresh encryption of zero under the client's public key.
@@ -84,8 +94,7 @@ class SealRuntime:
     def serialize_result(self, ct: sealapi.Ciphertext) -> bytes:
         """A result ciphertext as SEAL serializes it: uncompressed where its primes fill most of
         their 64-bit words (zstd would only cost time), SEAL's zstd framing otherwise."""
-        primes = self.context.get_context_data(ct.parms_id()).parms().coeff_modulus()
-        if seal_memory.available() and min(q.bit_count() for q in primes) >= FULL_WORD_PRIME_BITS:
+        if tuple(ct.parms_id()) in self._raw_levels:
             return seal_memory.dump(ct)
         return seal_io.dump(ct)
 

@@ -71,17 +71,20 @@ def coefficients(ct: sealapi.Ciphertext) -> np.ndarray:
     return np.frombuffer(buffer, dtype=np.uint64).reshape(shape)
 
 
-def ciphertext(context: sealapi.SEALContext, parms_id, data: np.ndarray, scale: float) -> sealapi.Ciphertext:
-    """A ciphertext in NTT form at `parms_id` holding `data` (size, primes, N), at `scale`."""
+def ciphertext(
+    context: sealapi.SEALContext, parms_id, data: np.ndarray, scale: float, ntt_form: bool = True
+) -> sealapi.Ciphertext:
+    """A ciphertext at `parms_id` holding `data` (size, primes, N), at `scale`, in NTT form or not."""
     ct = sealapi.Ciphertext(context)
-    ct.resize(context, list(parms_id), data.shape[0])
+    ct.resize(context, list(parms_id), data.shape[0])  # a new ciphertext is in coefficient form
     ct.scale = scale
-    address, _ = _header(ct)
-    flag = ctypes.c_uint8.from_address(address + 8 * _NTT)  # a C++ bool: one byte, then padding
-    if flag.value not in (0, 1):
-        raise LayoutError("the ciphertext's NTT flag is not where it was expected")
-    flag.value = 1
-    if not ct.is_ntt_form():
+    if ntt_form:
+        address, _ = _header(ct)
+        flag = ctypes.c_uint8.from_address(address + 8 * _NTT)  # a C++ bool: one byte, then padding
+        if flag.value not in (0, 1):
+            raise LayoutError("the ciphertext's NTT flag is not where it was expected")
+        flag.value = 1
+    if ct.is_ntt_form() != ntt_form:
         raise LayoutError("the ciphertext's NTT flag is not where it was expected")
     view = coefficients(ct)
     if view.shape != data.shape:
@@ -90,14 +93,19 @@ def ciphertext(context: sealapi.SEALContext, parms_id, data: np.ndarray, scale: 
     return ct
 
 
+def _checked_plain(plain: sealapi.Plaintext, count: int) -> ctypes.Array:
+    _, words = _header(plain, _PLAIN_WORDS)
+    if words[_PLAIN_COEFFS] != count or words[_PLAIN_COUNT] != count or (count and not words[_PLAIN_DATA]):
+        raise LayoutError("the plaintext's coefficient array is not where it was expected")
+    if list(words[0:4]) != list(plain.parms_id()) or np.float64(plain.scale).view(np.uint64) != words[_PLAIN_SCALE]:
+        raise LayoutError("the plaintext's header is not where it was expected")
+    return words
+
+
 def plaintext_coefficients(plain: sealapi.Plaintext) -> np.ndarray:
     """A writable (coefficient count,) uint64 view of a plaintext's data (it keeps `plain` alive)."""
-    _, words = _header(plain, _PLAIN_WORDS)
     count = plain.coeff_count()
-    if list(words[0:4]) != list(plain.parms_id()) or words[_PLAIN_COEFFS] != count or words[_PLAIN_COUNT] != count:
-        raise LayoutError("the plaintext's header is not where it was expected")
-    if np.float64(plain.scale).view(np.uint64) != words[_PLAIN_SCALE] or (count and not words[_PLAIN_DATA]):
-        raise LayoutError("the plaintext's header is not where it was expected")
+    words = _checked_plain(plain, count)
     buffer = (ctypes.c_uint64 * count).from_address(words[_PLAIN_DATA])
     buffer._owner = plain
     return np.frombuffer(buffer, dtype=np.uint64)
@@ -107,10 +115,8 @@ def plaintext(parms_id, data: np.ndarray, scale: float) -> sealapi.Plaintext:
     """An NTT-form CKKS plaintext at `parms_id` holding the residues `data` (primes, N), at `scale`."""
     plain = sealapi.Plaintext()
     plain.resize(data.size)
-    _, words = _header(plain, _PLAIN_WORDS)
-    if words[_PLAIN_COEFFS] != data.size or words[_PLAIN_COUNT] != data.size or not words[_PLAIN_DATA]:
-        raise LayoutError("the plaintext's coefficient array is not where it was expected")
-    if plain.is_ntt_form() or np.float64(plain.scale).view(np.uint64) != words[_PLAIN_SCALE]:
+    words = _checked_plain(plain, data.size)
+    if plain.is_ntt_form():
         raise LayoutError("the plaintext's header is not where it was expected")
     words[0:4] = [int(w) for w in parms_id]
     words[_PLAIN_SCALE] = int(np.float64(scale).view(np.uint64))

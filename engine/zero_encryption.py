@@ -39,14 +39,20 @@ def ternary(count: int) -> np.ndarray:
     return out[:count]
 
 
+_BYTE_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.int64)
+
+
 def centered_binomial(count: int) -> np.ndarray:
     """`count` values of SEAL's noise (int64): popcount of 42 random bits minus 21, in [-21, 21]."""
-    words = np.frombuffer(random_bytes(8 * count), dtype=np.uint64)
-    return np.bitwise_count(words & _CBD_BITS).astype(np.int64) - _CBD_MEAN
+    words = np.frombuffer(random_bytes(8 * count), dtype=np.uint64) & _CBD_BITS
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).astype(np.int64) - _CBD_MEAN
+    # numpy 1.x (which the server extra allows) has no bitwise_count: a byte table, ~3x slower.
+    return _BYTE_POPCOUNT[words.view(np.uint8)].reshape(count, 8).sum(axis=1) - _CBD_MEAN
 
 
 class ZeroEncryptor:
-    """Encryptions of zero under one public key, at any data level of its context."""
+    """Encryptions of zero under one public key, at the data levels of its context."""
 
     def __init__(self, context: sealapi.SEALContext, public_key: sealapi.PublicKey):
         self._context = context
@@ -55,9 +61,10 @@ class ZeroEncryptor:
         bulk = seal_memory.available() and not context.using_keyswitching()
         self._key = seal_memory.coefficients(public_key.data()).copy() if bulk else None
         self._encryptor = sealapi.Encryptor(context, public_key) if self._key is None else None
-        self._moduli = np.array(
-            [m.value() for m in context.first_context_data().parms().coeff_modulus()], dtype=np.uint64
-        )
+        if bulk:  # no special prime: a single prime, so one level, the key's own
+            self._parms_id = list(context.first_parms_id())
+            moduli = [m.value() for m in context.first_context_data().parms().coeff_modulus()]
+            self._moduli = np.array(moduli, dtype=np.int64)[None, :, None]  # every prime fits int64
 
     def zero(self, parms_id: list[int], scale: float) -> sealapi.Ciphertext:
         """A fresh NTT-form encryption of zero at `parms_id`, at `scale`."""
@@ -66,18 +73,14 @@ class ZeroEncryptor:
             self._encryptor.encrypt_zero(list(parms_id), zero)
             zero.scale = scale
             return zero
-        if list(parms_id) != list(self._context.first_parms_id()):
-            raise ValueError("a ciphertext at a level this context does not have")  # one level: no special prime
         n = self._key.shape[2]
         small = np.stack([ternary(n), centered_binomial(n), centered_binomial(n)])  # u, e0, e1
-        # Every prime is below 2^61, so int64 holds it and remainder() leaves residues in [0, q).
-        residues = np.remainder(small[:, None, :], self._moduli.astype(np.int64)[None, :, None]).view(np.uint64)
-        polys = sealapi.Ciphertext(self._context)
-        polys.resize(self._context, list(parms_id), 3)  # coefficient form until transformed
-        seal_memory.coefficients(polys)[...] = residues
+        residues = np.remainder(small[:, None, :], self._moduli).view(np.uint64)
+        polys = seal_memory.ciphertext(self._context, self._parms_id, residues, 1.0, ntt_form=False)
         self._evaluator.transform_to_ntt_inplace(polys)
         transformed = seal_memory.coefficients(polys)
-        zero = seal_memory.ciphertext(self._context, parms_id, self._key, scale)
-        self._evaluator.multiply_plain_inplace(zero, seal_memory.plaintext(parms_id, transformed[0], 1.0))
-        self._evaluator.add_inplace(zero, seal_memory.ciphertext(self._context, parms_id, transformed[1:], scale))
+        zero = seal_memory.ciphertext(self._context, self._parms_id, self._key, scale)
+        self._evaluator.multiply_plain_inplace(zero, seal_memory.plaintext(self._parms_id, transformed[0], 1.0))
+        errors = seal_memory.ciphertext(self._context, self._parms_id, transformed[1:], scale)
+        self._evaluator.add_inplace(zero, errors)
         return zero

@@ -93,6 +93,13 @@ def test_the_sampled_distributions_are_seals():
     assert abs(e.mean()) < 0.03 and abs(e.var() - 10.5) < 0.15
 
 
+def test_the_noise_is_the_same_without_numpys_bitwise_count(monkeypatch):
+    monkeypatch.delattr(np, "bitwise_count")
+    e = zero_encryption.centered_binomial(300_000)
+    assert e.min() >= -21 and e.max() <= 21
+    assert abs(e.mean()) < 0.03 and abs(e.var() - 10.5) < 0.15
+
+
 def test_without_the_memory_layout_seals_encryptor_does_the_work(keys, monkeypatch):
     runtime, public, encryptor, decryptor = keys
     monkeypatch.setattr(seal_memory, "available", lambda: False)
