@@ -573,10 +573,11 @@ def _ms(fn, n: int = 10) -> float:
 def _batch_matmuls(plan) -> list[tuple[tuple[int, int], ModularDense, int, int]]:
     """(shape, the plan's modular matrix product, components of its input ciphertexts, level) of the
     batch layout. NetworkPlan: layer 1 on fresh ciphertexts, layer 2 on the unrelinearized products
-    (three components), all at level 0. DeepNetworkPlan: the first layer on fresh ciphertexts at the
-    top, every later one on unrelinearized activations at its schedule's batch level."""
+    (three components), all at level 0. DeepNetworkPlan: at its schedule's batch level, on three
+    components after a fused activation, on two after SEAL's."""
     if hasattr(plan, "dense"):
-        return [(d.weights.shape, d.batch, 2 if i == 0 else 3, plan.schedule.batch_level(i))
+        sched = plan.schedule
+        return [(d.weights.shape, d.batch, 3 if sched.batch_takes_fused(i) else 2, sched.batch_level(i))
                 for i, d in enumerate(plan.dense)]
     out = [(plan.W1.shape, plan._dense1, 2, 0)]
     if plan.two_layers:

@@ -174,17 +174,36 @@ class NetworkSchedule:
         unrelinearized (three polynomials), for the next layer's matrix product: that moves the key
         switches from this layer's units to the next layer's, so it pays where the next is narrower
         (digits-cryptonets: 256 units, then 32); elsewhere SEAL multiplies, relinearizes, rescales."""
-        return self.widths[number + 1] > self.widths[number + 2]
+        return number < len(self.activations) and self.widths[number + 1] > self.widths[number + 2]
 
     def batch_takes_fused(self, number: int) -> bool:
         """Whether dense layer `number` takes a fused activation (three polynomials, unrescaled)."""
         return number > 0 and self.batch_fused(number - 1)
 
+    def batch_deferred(self, number: int) -> bool:
+        """Whether dense layer `number`'s outputs skip their rescale: a fused activation on fresh
+        (two-polynomial) products squares them where they are, in numpy, and the next layer drops
+        this layer's prime with its own. digits-cryptonets' 256 first units then never reach SEAL:
+        their 256 rescales (and the copies in and out of SEAL around them) cost more than one more
+        prime in the next layer's matrix product and one more rescale of its 32 outputs."""
+        return self.batch_fused(number) and not self.batch_takes_fused(number)
+
     def batch_level(self, number: int) -> int:
         """The level of dense layer `number`'s matrix product in the batch layout. Every layer's
-        outputs land at level 2 * number + 1; a layer after a fused activation takes its input one
-        level earlier (unrescaled, ~2^(2s)) and drops two primes."""
-        return 2 * number + 1 - (2 if self.batch_takes_fused(number) else 1)
+        outputs land at level 2 * number + 1, a deferred layer's excepted (they stay at its level);
+        a layer after a fused activation takes its input unrescaled (~2^(2s)), one level earlier
+        (two if that layer was deferred too), and drops two (three) primes."""
+        if number == 0:
+            return 0
+        if self.batch_deferred(number - 1):
+            return self.batch_level(number - 1)
+        return 2 * number - (1 if self.batch_takes_fused(number) else 0)
+
+    def batch_drops(self, number: int) -> int:
+        """Primes dense layer `number`'s outputs drop (rescales) before the next stage."""
+        if self.batch_deferred(number):
+            return 0
+        return 2 * number + 1 - self.batch_level(number)
 
     def batch_ops(self) -> list[dict]:
         """Operations of one batch chunk (one ciphertext per feature and per unit): modular matrix
@@ -193,19 +212,19 @@ class NetworkSchedule:
         for number, layer in enumerate(self.dense):
             level = self.batch_level(number)
             shape = [layer.n_out, layer.n_in]
+            drops = self.batch_drops(number)
             if self.batch_takes_fused(number):
+                ops += [{"op": "modular_matmul", "shape": shape, "components": 3, "level": level}]
+                ops += [{"op": "rescale_3", "count": layer.n_out, "level": level + i} for i in range(drops - 1)]
                 ops += [
-                    {"op": "modular_matmul", "shape": shape, "components": 3, "level": level},
-                    {"op": "rescale_3", "count": layer.n_out, "level": level},
-                    {"op": "relinearize", "count": layer.n_out, "level": level + 1},
-                    {"op": "rescale", "count": layer.n_out, "level": level + 1},
+                    {"op": "relinearize", "count": layer.n_out, "level": level + drops - 1},
+                    {"op": "rescale", "count": layer.n_out, "level": level + drops - 1},
                 ]
             else:
-                ops += [
-                    {"op": "modular_matmul", "shape": shape, "components": 2, "level": level},
-                    {"op": "rescale", "count": layer.n_out, "level": level},
-                ]
-            out_level = 2 * number + 1
+                ops.append({"op": "modular_matmul", "shape": shape, "components": 2, "level": level})
+                if drops:
+                    ops.append({"op": "rescale", "count": layer.n_out, "level": level})
+            out_level = level + drops
             if number < len(self.activations):
                 if self.batch_fused(number):
                     ops.append({"op": "coefficientwise_product", "count": layer.n_out, "level": out_level})

@@ -28,9 +28,12 @@ Batch layout: ciphertext j holds feature j of up to S rows (row r in slot r). De
 modular matrix products on the ciphertexts' NTT coefficients (engine.modmath) with integer
 weights round(W * p); activations are products of those coefficients (a ciphertext product is
 pointwise in NTT form), left unrelinearized for the next layer's matrix product, whose outputs
-SEAL rescales, relinearizes and rescales again: key switches only for the narrower layer.
-Coefficients move between SEAL and numpy through engine.seal_memory. No rotation: a chunk
-answers at most S rows, each slot on its own.
+SEAL rescales, relinearizes and rescales again: key switches only for the narrower layer. When
+the activation's inputs are a layer's fresh products, they are not even rescaled (the next
+layer drops that prime too), so a wide first layer never reaches SEAL. Coefficients move
+between SEAL and numpy through engine.seal_memory; the primes of a matrix product and blocks
+of units of such an activation run on two threads. No rotation: a chunk answers at most S
+rows, each slot on its own.
 
 Complex slots: nothing projects the slots on their real part, so an input X + iY yields
 f(X + iY). For a network f of total degree D (2^activations), t -> f(X + tY) is a polynomial
@@ -40,6 +43,7 @@ of degree D, so f(X + iY) follows from D + 1 honest rows (t = t_0..t_D): quotas 
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 import tenseal.sealapi as sealapi
@@ -51,6 +55,13 @@ from heserve.engine.linear import EvaluationError, SealRuntime
 from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.params import galois_element
 from heserve.engine.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
+
+# Threads of one batch chunk. numpy and BLAS release the GIL, SEAL's calls through tenseal do not:
+# a second thread runs one prime's matrix product beside another's, and a fused activation's numpy
+# products beside SEAL's rescale of the next unit. Two match the two cores a worker is sized for.
+BATCH_THREADS = 2
+# Units per task of a deferred activation (a block's rows, ~1 MB per prime, stay in cache).
+ACTIVATION_BLOCK = 32
 
 # Seconds of server time one single-layout request is sized for (a quarter of the default deadline).
 REQUEST_SECONDS_TARGET = 7.5
@@ -159,19 +170,27 @@ class DeepNetworkPlan(LeveledPlan):
         An activation followed by a narrower layer runs in numpy on the NTT coefficients, where a
         ciphertext product is pointwise, neither relinearized nor rescaled: the next layer's matrix
         product takes the three polynomials of u*(u + beta) at ~2^(2s), and its outputs drop two
-        primes around SEAL's relinearization (schedule.batch_fused). digits-cryptonets' 256 first
-        units then cost one SEAL rescale each and no key switch. Other activations are SEAL's
-        product, relinearization and rescale. Either way the level budget is the single layout's.
-        (Weights of ~2^(s/2) would save a limb of the matrix products, but their rounding costs
-        1e-4 of the output on a 4-activation network.)"""
+        primes around SEAL's relinearization (schedule.batch_fused), three when the fused layer's
+        own outputs were fresh products, left unrescaled (schedule.batch_deferred): digits-cryptonets'
+        256 first units then cost no SEAL call at all. A deferred layer's weights and the next one's
+        share the scale the three primes leave, p = (2^s * q1 q2 q3 / c^2)^(1/3) (~2^18 at s = 27):
+        its rounding (~4e-6 of a weight) stays below the encryption noise carried at 2^27, and each
+        product takes one limb less. Other activations are SEAL's product, relinearization and
+        rescale. Either way the level budget is the single layout's. (Weights of ~2^(s/2)
+        everywhere would save a limb, but their rounding costs 1e-4 of the output on a
+        4-activation network.)"""
         sched = self.schedule
         scale = self.data_scale
         for number, layer in enumerate(self.dense):
             level = sched.batch_level(number)
             moduli = self.moduli[level]
-            rescales = 2 if sched.batch_takes_fused(number) else 1
-            dropped = math.prod(float(q) for q in moduli[len(moduli) - rescales:])
-            plain_scale = max(1, round(self.data_scale * dropped / scale))
+            drops = sched.batch_drops(number)
+            dropped = math.prod(float(q) for q in moduli[len(moduli) - drops:]) if drops else 1.0
+            if sched.batch_deferred(number):
+                joint = math.prod(float(q) for q in moduli[len(moduli) - sched.batch_drops(number + 1):])
+                plain_scale = max(1, round((self.data_scale * joint / scale**2) ** (1 / 3)))
+            else:
+                plain_scale = max(1, round(self.data_scale * dropped / scale))
             layer.batch_plain_scale = plain_scale
             layer.batch = ModularDense(np.round(layer.weights * plain_scale), moduli)
             product_scale = scale * plain_scale
@@ -181,7 +200,7 @@ class DeepNetworkPlan(LeveledPlan):
             layer.batch_product_scale = product_scale
             scale = product_scale / dropped
             if number < len(self.betas):
-                out_level = 2 * number + 1
+                out_level = level + drops
                 if sched.batch_fused(number):
                     layer.batch_beta = np.array(
                         [round(self.betas[number] * scale) % q for q in self.moduli[out_level]], dtype=np.uint64
@@ -316,68 +335,99 @@ class DeepNetworkPlan(LeveledPlan):
     def parse_batch_input(self, blob: bytes, what: str) -> seal_raw.RawCiphertext:
         return self._parse_coefficients(blob, what, self.input_scale, self.input_scale_bits)
 
-    def _dense_batch(self, layer: _Dense, inputs: list[np.ndarray], level: int) -> np.ndarray:
+    def _dense_batch(self, layer: _Dense, inputs: list[np.ndarray], level: int, pool: Executor) -> np.ndarray:
         """(n_out, size, primes, N) coefficients of W_int @ inputs + bias, mod each prime of the level
-        (size: the inputs' polynomials, 2 or 3)."""
+        (size: the inputs' polynomials, 2 or 3); the primes are independent, one task each."""
         moduli = self.moduli[level]
         n = self.runtime.params.poly_modulus_degree
         size = inputs[0].shape[0]
         out = np.empty((layer.schedule.n_out, size, len(moduli), n), dtype=np.uint64)
-        for prime, q in enumerate(moduli):
+
+        def one_prime(prime: int) -> bool:
+            q = moduli[prime]
             limbs = layer.batch.gather(prime, [data[:, prime, :] for data in inputs])
             if limbs is None:
-                raise EvaluationError("ciphertext coefficients lie outside their modulus")
+                return False
             y = layer.batch.apply(prime, limbs).reshape(layer.schedule.n_out, size, n)
             c0 = y[:, 0]
             c0 += layer.batch_bias[:, prime].reshape(-1, 1)  # a constant polynomial is constant in NTT form
             np.subtract(c0, np.uint64(q), out=c0, where=c0 >= q)
             out[:, :, prime, :] = y
+            return True
+
+        if not all(pool.map(one_prime, range(len(moduli)))):
+            raise EvaluationError("ciphertext coefficients lie outside their modulus")
         return out
 
-    def _activation_batch(self, data: np.ndarray, beta: np.ndarray, level: int) -> np.ndarray:
+    def _activation_batch(self, data: np.ndarray, beta: np.ndarray, level: int,
+                          out: np.ndarray | None = None) -> np.ndarray:
         """The three polynomials of u*(u + beta) from u = (c0, c1) in NTT form, prime by prime:
-        (c0 * (c0 + beta), c1 * (2 c0 + beta), c1 * c1), unrelinearized. (One unit at a time: its
-        8,192-coefficient rows stay in cache, 1.5x faster than the whole layer at once.)"""
-        out = np.empty((3, *data.shape[1:]), dtype=np.uint64)
+        (c0 * (c0 + beta), c1 * (2 c0 + beta), c1 * c1), unrelinearized. data: (2, primes, N) for
+        one unit, or (units, 2, primes, N) for a block of them (out: the same with 3 polynomials)."""
+        if out is None:
+            out = np.empty((*data.shape[:-3], 3, *data.shape[-2:]), dtype=np.uint64)
         for prime, q in enumerate(self.moduli[level]):
-            c0, c1 = data[0, prime], data[1, prime]
+            c0, c1 = data[..., 0, prime, :], data[..., 1, prime, :]
             shifted = c0 + beta[prime]
             np.subtract(shifted, np.uint64(q), out=shifted, where=shifted >= q)
-            out[0, prime] = mulmod_vector(c0, shifted, q)
+            out[..., 0, prime, :] = mulmod_vector(c0, shifted, q)
             shifted += c0
             np.subtract(shifted, np.uint64(q), out=shifted, where=shifted >= q)
-            out[1, prime] = mulmod_vector(c1, shifted, q)
-            out[2, prime] = mulmod_vector(c1, c1, q)
+            out[..., 1, prime, :] = mulmod_vector(c1, shifted, q)
+            out[..., 2, prime, :] = mulmod_vector(c1, c1, q)
         return out
 
     def evaluate_batch(self, inputs: list[seal_raw.RawCiphertext], rows: int, keys) -> list[sealapi.Ciphertext]:
         if len(inputs) != self.n_features:
             raise EvaluationError(f"batch layout needs {self.n_features} ciphertexts per chunk, got {len(inputs)}")
+        with ThreadPoolExecutor(max_workers=BATCH_THREADS) as pool:
+            return self._evaluate_batch([raw.data for raw in inputs], keys, pool)
+
+    def _evaluate_batch(self, current: list[np.ndarray], keys, pool: Executor) -> list[sealapi.Ciphertext]:
         sched, ev = self.schedule, self.runtime.evaluator
-        current = [raw.data for raw in inputs]
         results: list[sealapi.Ciphertext] = []
         for number, layer in enumerate(self.dense):
             level = sched.batch_level(number)
-            products = self._dense_batch(layer, current, level)
+            products = self._dense_batch(layer, current, level, pool)
             current = []  # the inputs' memory goes before the next layer's is allocated
             last = number == len(self.dense) - 1
-            out_level = 2 * number + 1
+            drops = sched.batch_drops(number)
+            out_level = level + drops
+            if sched.batch_deferred(number):
+                # Never in SEAL: numpy's products on every thread, unit by unit.
+                # Blocks of units, so that each numpy pass is long enough for the threads to run
+                # side by side (one unit per task: GIL hand-offs every few microseconds, slower
+                # than one thread), and one array for all: an array allocated per task on a pool
+                # thread costs fresh pages every time.
+                squares = np.empty((len(products), 3, *products.shape[2:]), dtype=np.uint64)
+                blocks = range(0, len(products), ACTIVATION_BLOCK)
+                list(pool.map(lambda k: self._activation_batch(products[k:k + ACTIVATION_BLOCK], layer.batch_beta,
+                                                               level, squares[k:k + ACTIVATION_BLOCK]), blocks))
+                current = list(squares)
+                del products
+                continue
             fused = not last and sched.batch_fused(number)
+            pending = []
             for k in range(len(products)):
                 ct = self._ciphertext(products[k], level, layer.batch_product_scale)
-                ev.rescale_to_next_inplace(ct)
+                for _ in range(drops - 1):
+                    ev.rescale_to_next_inplace(ct)
                 if ct.size() == 3:
                     # Relinearized at ~2^(2s), before its last rescale: the rescale divides the key
                     # switch's noise too (relinearized at 2^s, digits-cryptonets' logits drift 100x more).
                     ev.relinearize_inplace(ct, keys.relin)
-                    ev.rescale_to_next_inplace(ct)
+                ev.rescale_to_next_inplace(ct)
                 if last:
                     results.append(ct)
                 elif fused:
-                    current.append(self._activation_batch(self._coefficients(ct, out_level), layer.batch_beta,
-                                                          out_level))
+                    # numpy's products on another thread while SEAL rescales the next units here.
+                    pending.append(pool.submit(self._fused_activation, ct, layer.batch_beta, out_level))
                 else:
                     current.append(self._coefficients(self._activation(ct, layer.batch_beta, keys.relin),
                                                       out_level + 1))
+            current += [task.result() for task in pending]
             del products
         return results
+
+    def _fused_activation(self, ct: sealapi.Ciphertext, beta: np.ndarray, level: int) -> np.ndarray:
+        return self._activation_batch(self._coefficients(ct, level), beta, level)

@@ -117,6 +117,50 @@ def test_the_schedule_counts_levels_rotations_and_operations():
     assert rotations == len(schedule.periodic_steps) + sum(d.rotations() for d in schedule.dense)
 
 
+@pytest.mark.parametrize(
+    "widths",
+    [[64, 256, 32, 10], [30, 16, 16, 2], [64, 32, 32, 32, 10], [16, 8, 8, 8, 8, 3], [8, 64, 32, 16, 4], [8, 4, 16, 2]],
+)
+def test_the_batch_schedule_spends_exactly_the_levels_of_the_single_layout(widths):
+    """Every activation's input lands where the single layout's does (level 2n+1), a deferred layer's
+    excepted, whose outputs stay at its own level and whose next layer drops its prime too."""
+    schedule = compile_network(*generated(widths), 50.0)
+    level = 0
+    for number in range(len(schedule.dense)):
+        assert schedule.batch_level(number) == level, number
+        drops = schedule.batch_drops(number)
+        if schedule.batch_deferred(number):
+            assert drops == 0 and schedule.batch_drops(number + 1) == 3
+        else:
+            assert level + drops == 2 * number + 1
+        level += drops
+        if number < len(schedule.activations) and not schedule.batch_fused(number):
+            level += 1  # SEAL's product, relinearization and rescale
+    assert level == schedule.depth
+    ops = schedule.batch_ops()
+    seal_rescales = sum(op["count"] for op in ops if op["op"].startswith("rescale"))
+    assert seal_rescales == sum(
+        schedule.batch_drops(n) * d.n_out + (0 if n >= len(schedule.activations) or schedule.batch_fused(n) else d.n_out)
+        for n, d in enumerate(schedule.dense)
+    )
+
+
+def test_cryptonets_wide_first_layer_never_reaches_seal_in_the_batch_layout():
+    """conv (256 units) -> square -> 32: the 256 products are squared in numpy where they are, and the
+    32-unit layer drops three primes (rescale, rescale, relinearize, rescale): no SEAL call per wide unit."""
+    schedule = compile_network(*generated([64, 256, 32, 10]), 50.0)
+    assert schedule.batch_deferred(0) and not schedule.batch_deferred(1)
+    ops = [(op["op"], op.get("count"), op["level"]) for op in schedule.batch_ops() if op["op"] != "modular_matmul"]
+    assert ops[:5] == [
+        ("coefficientwise_product", 256, 0),
+        ("rescale_3", 32, 0),
+        ("rescale_3", 32, 1),
+        ("relinearize", 32, 2),
+        ("rescale", 32, 2),
+    ]
+    assert all(count != 256 for op, count, _ in ops if op != "coefficientwise_product")
+
+
 # --- the plan contract on generated networks (real SEAL) ------------------------------------------
 GENERATED = {
     "1 activation, 784 inputs": [784, 16, 10],
