@@ -395,15 +395,7 @@ class DeepNetworkPlan(LeveledPlan):
             out_level = level + drops
             if sched.batch_deferred(number):
                 # Never in SEAL: numpy's products on every thread, unit by unit.
-                # Blocks of units, so that each numpy pass is long enough for the threads to run
-                # side by side (one unit per task: GIL hand-offs every few microseconds, slower
-                # than one thread), and one array for all: an array allocated per task on a pool
-                # thread costs fresh pages every time.
-                squares = np.empty((len(products), 3, *products.shape[2:]), dtype=np.uint64)
-                blocks = range(0, len(products), ACTIVATION_BLOCK)
-                list(pool.map(lambda k: self._activation_batch(products[k:k + ACTIVATION_BLOCK], layer.batch_beta,
-                                                               level, squares[k:k + ACTIVATION_BLOCK]), blocks))
-                current = list(squares)
+                current = list(self._deferred_activation(products, layer.batch_beta, level, pool))
                 del products
                 continue
             fused = not last and sched.batch_fused(number)
@@ -428,6 +420,20 @@ class DeepNetworkPlan(LeveledPlan):
             current += [task.result() for task in pending]
             del products
         return results
+
+    def _deferred_activation(self, products: np.ndarray, beta: np.ndarray, level: int, pool: Executor) -> np.ndarray:
+        """u*(u + beta) of every unit's products, in blocks of units on the pool's threads: each numpy
+        pass is then long enough for two threads to run side by side (one unit per task hands the
+        GIL over every few microseconds, slower than one thread), and one array holds them all (an
+        array allocated per task on a pool thread costs fresh pages every time)."""
+        squares = np.empty((len(products), 3, *products.shape[2:]), dtype=np.uint64)
+
+        def block(start: int) -> None:
+            end = start + ACTIVATION_BLOCK
+            self._activation_batch(products[start:end], beta, level, squares[start:end])
+
+        list(pool.map(block, range(0, len(products), ACTIVATION_BLOCK)))
+        return squares
 
     def _fused_activation(self, ct: sealapi.Ciphertext, beta: np.ndarray, level: int) -> np.ndarray:
         return self._activation_batch(self._coefficients(ct, level), beta, level)

@@ -139,9 +139,9 @@ def test_the_batch_schedule_spends_exactly_the_levels_of_the_single_layout(width
     assert level == schedule.depth
     ops = schedule.batch_ops()
     seal_rescales = sum(op["count"] for op in ops if op["op"].startswith("rescale"))
+    seal_activations = [n < len(schedule.activations) and not schedule.batch_fused(n) for n in range(len(widths) - 1)]
     assert seal_rescales == sum(
-        schedule.batch_drops(n) * d.n_out + (0 if n >= len(schedule.activations) or schedule.batch_fused(n) else d.n_out)
-        for n, d in enumerate(schedule.dense)
+        (schedule.batch_drops(n) + seal_activations[n]) * d.n_out for n, d in enumerate(schedule.dense)
     )
 
 
