@@ -451,7 +451,7 @@ class RemoteModel:
             if spec.encoding == COEFFICIENTS:
                 values = np.array([secret.decrypt_constant(r) for r in results])
                 return values.reshape(request.rows, spec.results_per_row)[:, : self.n_outputs]
-            return np.stack([encoding.unpack_single(secret.decrypt(r), self.n_outputs) for r in results])
+            return np.stack([encoding.unpack_single_result(secret.decrypt(r), spec, self.n_outputs) for r in results])
         k = self.n_outputs
         capacity = min(self.spec.layouts[BATCH].capacity, secret.slot_count)
         blocks = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from heserve.engine.packing import PackedLayout, tile_features
-from heserve.engine.spec import LayoutSpec
+from heserve.engine.spec import SLOT_SUMS, LayoutSpec
 
 
 def pack_single(row: np.ndarray, layout: LayoutSpec, slot_count: int) -> list[np.ndarray]:
@@ -22,8 +22,23 @@ def pack_single(row: np.ndarray, layout: LayoutSpec, slot_count: int) -> list[np
 
 
 def unpack_single(slots: np.ndarray, n_outputs: int) -> np.ndarray:
-    """Outputs sit in slots 0..n_outputs-1 in every single-layout result."""
+    """Outputs sit in slots 0..n_outputs-1 of a single-layout result encoded in "slots"."""
     return slots[:n_outputs]
+
+
+def unpack_slot_sums(slots: np.ndarray, period: int, n_outputs: int) -> np.ndarray:
+    """Output k of a "slot-sums" result: the sum of its slots k, k + period, k + 2 period, ...
+    (each slot alone is masked; the masks of one class sum to zero)."""
+    if period < n_outputs or slots.size % period:
+        raise ValueError(f"a result period of {period} cannot hold {n_outputs} outputs in {slots.size} slots")
+    return slots.reshape(-1, period).sum(axis=0)[:n_outputs]
+
+
+def unpack_single_result(slots: np.ndarray, layout: LayoutSpec, n_outputs: int) -> np.ndarray:
+    """The outputs of one slot-encoded single-layout result, as the layout encodes them."""
+    if layout.encoding == SLOT_SUMS:
+        return unpack_slot_sums(slots, layout.result_period, n_outputs)
+    return unpack_single(slots, n_outputs)
 
 
 def pack_batch(rows: np.ndarray, slot_count: int) -> list[np.ndarray]:

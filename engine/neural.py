@@ -21,13 +21,19 @@ structure it relies on itself:
 4. W2[k, c] at the slots c*R + r with r <= R - P and r = k (mod s), k < n_out (spread
    evenly over them): zero weight for every other slot, the mixed ones included. Rescale
    (drop qa);
-5. rotate-and-sum over the subgroup of rotations by multiples of s (steps s, 2s, ...,
-   S/2, with s = n_out rounded up to a power of two; the sum over hidden units is part
-   of it), on one prime: every slot j then holds output j mod s, the same in every copy.
-A result thus answers exactly one input vector (one honest row). Slots j mod s >= n_out
-hold only the rounding residue of the zero weights times hidden activations (~1e-7 of
-them); the encoding of a plaintext's zeros is never exact in CKKS. The one-layer case
-runs the same steps without the activation and with the identity as W2.
+5. output k is the sum of the slots j = k (mod s), s = n_out rounded up to a power of two
+   (the sum over hidden units is part of it). That sum over the rotations by multiples of
+   s is the trace onto the subring of polynomials in X^g, g = S/s: in coefficients, g times
+   the projection that keeps the coefficients at multiples of g and zeroes the others. So
+   instead of rotating (log2(S/s) key switches), the server adds a polynomial whose
+   coefficients at multiples of g are zero and whose every other coefficient is uniform mod
+   q0, from a CSPRNG, and the client sums the classes of slots itself ("slot-sums"): the
+   mask's classes sum to zero, and each slot alone is uniform noise. What a client decrypts
+   is then the projection (every output, as the rotations' sums gave it) and noise.
+A result thus answers exactly one input vector (one honest row). Classes j mod s >= n_out
+sum to the rounding residue of the zero weights times hidden activations (~1e-7 of them);
+the encoding of a plaintext's zeros is never exact in CKKS. The one-layer case runs the
+same steps without the activation and with the identity as W2.
 Precision: the input (scale 2^34..2^55) is rotated before any product, where SEAL's
 key-switching noise (~2^11 per slot) is negligible; z is rescaled once, after the window
 sum and before the square (rescaling adds ~2^11 per slot, ~3e-5 of z at 2^26), which
@@ -56,12 +62,13 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from heserve.engine import seal_raw
+from heserve.engine.coefficients import CoefficientCodec, uniform_mod
 from heserve.engine.levels import LeveledPlan
 from heserve.engine.linear import EvaluationError, SealRuntime, next_power_of_two
 from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.packing import PackedLayout
 from heserve.engine.params import CKKSParams, galois_element
-from heserve.engine.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
+from heserve.engine.spec import BATCH, SINGLE, SLOT_SUMS, EncryptionSpec, LayoutSpec
 
 NETWORK_PARAMS = CKKSParams(8192, (45, 45, 45, 60))
 LEVEL0_BITS = 135
@@ -92,7 +99,7 @@ OP_COST_MS = {
     ("multiply_relinearize", 1): 2.2,
     ("rescale", 1): 0.6,
     ("add", 2): 0.04,
-    ("rotate", 2): 1.0,
+    ("mask", 2): 0.3,
 }
 
 
@@ -114,8 +121,8 @@ def _single_ops(layout: PackedLayout, slots: int, two_layers: bool) -> list[dict
     ops += [
         {"op": "multiply_plain", "count": 1, "level": 1},
         {"op": "rescale", "count": 1, "level": 1},
-        {"op": "rotate", "count": rot["output"], "level": 2},
-        {"op": "add", "count": rot["output"] + int(two_layers), "level": 2},
+        {"op": "add", "count": int(two_layers), "level": 2},
+        {"op": "mask", "count": 1, "level": 2},  # in place of the output sum's rotations
         {"op": "rerandomize", "count": 1, "level": 2},  # every result leaves the server re-randomized
     ]
     return [op for op in ops if op["count"]]
@@ -288,8 +295,9 @@ class NetworkPlan(LeveledPlan):
         if self.two_layers:
             self._beta_plain = self._encode(self.beta, self.single_hidden_scale, 1)
             w2[: self.n_hidden, : self.n_outputs] = self.W2.T
+            # The client sums S/s slots per output: each carries that share of the bias.
             b2 = np.zeros(lay.out_period)
-            b2[: self.n_outputs] = self.b2
+            b2[: self.n_outputs] = self.b2 * lay.out_period / slots
             self._single_b2 = self._encode(b2[slot % lay.out_period], self.single_output_scale, 2)
         else:
             w2[np.arange(self.n_hidden), np.arange(self.n_hidden)] = 1.0
@@ -297,6 +305,8 @@ class NetworkPlan(LeveledPlan):
         values = np.where(clean, w2[hidden, k] / np.maximum(per_class[k], 1), 0.0)
         self._single_w2 = self._encode(values, self.single_w2_scale, 1)
         self.single_steps = lay.rotation_steps(slots)
+        self._result_codec = CoefficientCodec(self.runtime.context, self.levels[2])
+        self._mask_lattice = np.arange(self.runtime.params.poly_modulus_degree) % (slots // lay.out_period) == 0
 
     def _compile_batch(self) -> None:
         moduli = self.moduli[0]
@@ -333,6 +343,8 @@ class NetworkPlan(LeveledPlan):
                     packing=self.layout.to_json(),
                     scale_bits=self.single_input_bits,
                     rows_charged=self.single_rows_charged,
+                    encoding=SLOT_SUMS,
+                    result_period=self.layout.out_period,
                 ),
                 BATCH: LayoutSpec(
                     BATCH, capacity=slots, method="modular-matmul", seeded=False, rows_charged=self.batch_rows_charged
@@ -469,11 +481,19 @@ class NetworkPlan(LeveledPlan):
             ev.multiply_inplace(acc, shifted)
             ev.relinearize_inplace(acc, keys.relin)
         ev.multiply_plain_inplace(acc, self._single_w2)
-        ev.rescale_to_next_inplace(acc)  # the sums over hidden units and outputs run on one prime
-        self._rotate_and_sum(acc, lay.output_steps(self.runtime.slots), keys.galois)
+        ev.rescale_to_next_inplace(acc)
         if self._single_b2 is not None:
             ev.add_plain_inplace(acc, self._single_b2)
+        ev.add_plain_inplace(acc, self._output_mask(acc.scale))
         return [acc]
+
+    def _output_mask(self, scale: float) -> sealapi.Plaintext:
+        """Step 5: uniform mod q0 off the multiples of g = S/s, zero on them (fresh each result)."""
+        codec = self._result_codec
+        (q,) = codec.moduli
+        coefficients = uniform_mod(q, codec.n)
+        coefficients[self._mask_lattice] = 0
+        return codec.plaintext(codec.to_ntt(coefficients.reshape(1, -1)), scale)
 
     # --- batch layout ------------------------------------------------------------------------
     def parse_batch_input(self, blob: bytes, what: str) -> seal_raw.RawCiphertext:

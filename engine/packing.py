@@ -65,7 +65,7 @@ class PackedLayout:
     window: int  # P: consecutive slots summed into one hidden pre-activation (a power of two)
     hidden: int  # H: hidden-unit copies of S/H slots each (a power of two)
     baby: int  # b: rotations of the input by j*P, j < b; the rest are rotations of products by b*P
-    out_period: int  # s: result slot j holds output j mod s (outputs >= n_outputs are empty)
+    out_period: int  # s: output k is the sum of the result's slots j = k (mod s) (k >= n_outputs: empty)
 
     @property
     def groups(self) -> int:
@@ -91,12 +91,9 @@ class PackedLayout:
     def window_steps(self) -> list[int]:
         return doubling_steps(1, self.window)
 
-    def output_steps(self, slots: int) -> list[int]:
-        return doubling_steps(self.out_period, slots)
-
     def rotation_steps(self, slots: int) -> tuple[int, ...]:
+        """The steps the server rotates by (the output sum is the client's: see engine.neural)."""
         steps = set(self.periodic_steps(slots)) | set(self.baby_steps()) | set(self.window_steps())
-        steps |= set(self.output_steps(slots))
         giant = self.giant_step()
         if giant:
             steps.add(giant)
@@ -121,7 +118,6 @@ class PackedLayout:
             "baby": self.ciphertexts * (self.baby - 1),
             "giant": self.giant - 1,
             "window": int(math.log2(self.window)),
-            "output": len(self.output_steps(slots)),
         }
 
     def to_json(self) -> dict:

@@ -17,7 +17,10 @@ BATCH = "batch"
 LAYOUTS = (SINGLE, BATCH)
 SLOTS = "slots"
 COEFFICIENTS = "coefficients"
-ENCODINGS = (SLOTS, COEFFICIENTS)
+# Inputs in slots; a result's output k is the sum of its slots j = k (mod result_period), every
+# slot on its own being masked (engine.neural): the client sums what the server's rotations used to.
+SLOT_SUMS = "slot-sums"
+ENCODINGS = (SLOTS, COEFFICIENTS, SLOT_SUMS)
 
 
 class SpecError(EngineError):
@@ -32,7 +35,8 @@ class LayoutSpec:
         polynomial coefficient i (`encoding` "coefficients", protocol.coefficients), and
         `results_per_row` result ciphertexts, output k in the constant coefficient of result
         k. Networks: `packing` spreads the features over a few ciphertexts' slots
-        (protocol.packing.PackedLayout), one result with output k in slot k.
+        (protocol.packing.PackedLayout), one result with output k in slot k ("slots"), or in
+        the sum of its slots k, k + p, k + 2p, ... for p = `result_period` ("slot-sums").
     batch: ciphertext j holds feature j of up to `capacity` samples (sample r in slot r);
         output ciphertext k holds output k of every sample.
     """
@@ -48,6 +52,7 @@ class LayoutSpec:
     rows_charged: int = 0  # rows a tenant's quota is charged per row (single) or per chunk (batch)
     encoding: str = SLOTS  # where values sit in a plaintext: CKKS slots, or polynomial coefficients
     results_per_row: int = 1  # single layout: result ciphertexts per row
+    result_period: int = 0  # "slot-sums": output k is the sum of the result's slots k mod this period
     # Single layout: rows a client should put in one request, so that one request stays well within
     # the server's time limit (0: no advice; the SDK's own default applies).
     rows_per_request: int = 0
@@ -78,6 +83,8 @@ class LayoutSpec:
         if self.rows_charged:
             data["rows_charged"] = self.rows_charged
         data["encoding"] = self.encoding
+        if self.result_period:
+            data["result_period"] = self.result_period
         if self.name == SINGLE:
             data["results_per_row"] = self.results_per_row
             if self.rows_per_request:
@@ -140,7 +147,9 @@ class EncryptionSpec:
                     encoding=str(entry.get("encoding", SLOTS)),
                     results_per_row=int(entry.get("results_per_row", 1)),
                     rows_per_request=int(entry.get("rows_per_request", 0)),
+                    result_period=int(entry.get("result_period", 0)),
                 )
+                _check_result_period(layouts[name], ckks)
             if not layouts:
                 raise SpecError("the model offers no layout this SDK understands")
             return cls(
@@ -155,3 +164,11 @@ class EncryptionSpec:
             if isinstance(exc, (SpecError, ParameterError)):
                 raise
             raise SpecError(f"malformed encryption spec: {exc!r}") from None
+
+
+def _check_result_period(layout: LayoutSpec, ckks: CKKSParams) -> None:
+    slots = ckks.poly_modulus_degree // 2
+    if layout.encoding == SLOT_SUMS:
+        period = layout.result_period
+        if period < 1 or period & (period - 1) or slots % period:
+            raise SpecError(f"result_period {period} is not a power of two dividing {slots} slots")

@@ -25,9 +25,10 @@ import tenseal.sealapi as sealapi
 from heserve.client import encoding
 from heserve.client.keys import SecretContext
 from heserve.engine import seal_io
+from heserve.engine.coefficients import CoefficientCodec
 from heserve.engine.params import galois_element
 from heserve.engine.plan import Plan
-from heserve.engine.spec import BATCH, COEFFICIENTS, SINGLE
+from heserve.engine.spec import BATCH, COEFFICIENTS, SINGLE, SLOT_SUMS
 from heserve.engine.zero_encryption import ZeroEncryptor
 
 # Empty slots of a network's result hold the rounding residue of zero weights (~1e-6 of the
@@ -110,7 +111,19 @@ class _Owner:
     def read_single(self, results: list[bytes]) -> np.ndarray:
         if self.spec.layouts[SINGLE].encoding == COEFFICIENTS:
             return np.array([self.secret.decrypt_constant(r) for r in results])
-        return self.secret.decrypt(results[0])[: self.plan.n_outputs]
+        layout = self.spec.layouts[SINGLE]
+        return encoding.unpack_single_result(self.secret.decrypt(results[0]), layout, self.plan.n_outputs)
+
+    def coefficients(self, blob: bytes) -> tuple[np.ndarray, int]:
+        """Every coefficient of a decrypted one-prime result, centred mod q (not scaled), and q."""
+        ct = seal_io.load(sealapi.Ciphertext, self.secret._context, blob, "result")
+        plain = sealapi.Plaintext()
+        self.secret._decryptor.decrypt(ct, plain)
+        codec = CoefficientCodec(self.secret._context, ct.parms_id())
+        _require(len(codec.moduli) == 1, "a slot-sums result is not on one prime")
+        (q,) = codec.moduli
+        values = codec.from_ntt(codec.plaintext_residues(plain))[0].astype(np.float64)
+        return np.where(values > q // 2, values - q, values), q
 
 
 def check_plan(plan: Plan, x: np.ndarray, tolerance: float = 2e-3, seed: int = 0) -> None:
@@ -203,9 +216,12 @@ def _check_crafted_single(plan: Plan, owner: _Owner, keys: _Keys, rng: np.random
     slots = owner.secret.slot_count
     vectors = [rng.normal(0.0, 0.5, slots) for _ in range(layout.ciphertexts_per_row)]
     (blob,) = owner.evaluate_single(owner.single_inputs(vectors), keys)
-    values = owner.secret.decrypt(blob).reshape(-1, out_period)
     read = np.concatenate([v.reshape(-1, period).mean(axis=0) for v in vectors])[: plan.n_features]
     expected = plan.plaintext(read)[0]
+    if layout.encoding == SLOT_SUMS:
+        _check_slot_sums(owner, blob, layout.result_period, plan.n_outputs, expected, tolerance)
+        return
+    values = owner.secret.decrypt(blob).reshape(-1, out_period)
     # Copies of one output differ by the noise of the slots they come from, within the agreement's
     # tolerance; a slot that held something else would differ by the size of the values.
     allowed = _allowed(tolerance, expected)
@@ -215,3 +231,24 @@ def _check_crafted_single(plan: Plan, owner: _Owner, keys: _Keys, rng: np.random
     _require(error < allowed, f"a crafted input is answered with {error:.2e} off one honest row")
     empty = float(np.max(np.abs(values[0, plan.n_outputs :]), initial=0.0))
     _require(empty < EMPTY_SLOT_TOLERANCE, f"slots that hold no output read {empty:.2e}")
+
+
+def _check_slot_sums(owner: _Owner, blob: bytes, period: int, n_outputs: int, expected: np.ndarray,
+                     tolerance: float) -> None:
+    """A "slot-sums" result: its classes of slots sum to the outputs of one row, and nothing else is
+    readable: every coefficient off the multiples of g = S/period (what the sums do not read) is
+    uniform mod q, the ones on them (the sums) are small."""
+    sums = encoding.unpack_slot_sums(owner.secret.decrypt(blob), period, period)
+    allowed = _allowed(tolerance, expected)
+    error = float(np.max(np.abs(sums[:n_outputs] - expected)))
+    _require(error < allowed, f"a crafted input is answered with {error:.2e} off one honest row")
+    empty = float(np.max(np.abs(sums[n_outputs:]), initial=0.0))
+    _require(empty < EMPTY_SLOT_TOLERANCE, f"slots that hold no output sum to {empty:.2e}")
+    coefficients, q = owner.coefficients(blob)
+    lattice = np.arange(coefficients.size) % (owner.secret.slot_count // period) == 0
+    rest = np.abs(coefficients[~lattice])
+    # Uniform on (-q/2, q/2): half of them within q/4. Unmasked slots would be small values.
+    inner = float(np.mean(rest < q / 4))
+    _require(0.45 < inner < 0.55, f"coefficients the slot sums do not read are not uniform noise ({inner:.2f})")
+    read = float(np.max(np.abs(coefficients[lattice])))
+    _require(read < q / 2**10, f"coefficients the slot sums read reach {read:.3g} of q = {q}")

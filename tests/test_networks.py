@@ -77,12 +77,15 @@ def test_network_result_slots_hold_only_outputs(server, registry):
     )
     assert response.status_code == 200
     slots = secret.decrypt(decode_outputs(response).tensors[0].data[0])
-    period = spec.layouts["single"].packing["out_period"]
-    k = np.arange(slots.size) % period
+    layout = spec.layouts["single"]
+    assert layout.encoding == "slot-sums" and layout.result_period == layout.packing["out_period"]
+    sums = slots.reshape(-1, layout.result_period).sum(axis=0)
     expected = registry.get("digits-mlp").plaintext_predict(x_test[:1])[0]
-    # Slot j holds output j mod s (j mod s < 10) or nothing: no hidden unit, no partial sum.
-    assert np.max(np.abs(slots[k < 10] - expected[k[k < 10]])) < 1e-3
-    assert np.max(np.abs(slots[k >= 10])) < 1e-3
+    # The slots j = k (mod s) sum to output k (k < 10) or nothing: no hidden unit, no partial sum...
+    assert np.max(np.abs(sums[:10] - expected)) < 1e-3
+    assert np.max(np.abs(sums[10:])) < 1e-3
+    # ... and each slot alone is the server's mask, far larger than any output.
+    assert np.median(np.abs(slots)) > 100 * np.max(np.abs(expected))
 
 
 def test_network_needs_relin_keys(server):

@@ -25,7 +25,7 @@ import { SecretContext } from './keys.js'
 import { labels, preprocess, probabilities } from './postprocess.js'
 import { InputRanges } from './ranges.js'
 import { loadSeal } from './seal.js'
-import { BATCH, COEFFICIENTS, SINGLE, inputScale, paramsKey, parseSpec } from './spec.js'
+import { BATCH, COEFFICIENTS, SINGLE, SLOT_SUMS, inputScale, paramsKey, parseSpec } from './spec.js'
 import { IndexedDBStorage, MemoryStorage } from './storage.js'
 import * as v2 from './v2.js'
 
@@ -898,7 +898,8 @@ export class RemoteModel {
    *
    * single, coefficient encoding (linear models): result k of a row holds output k in its constant
    *   coefficient (sum of the NTT values / N, centred, divided by the scale).
-   * single, slot encoding (networks): one result per row, outputs in slots 0..nOutputs-1.
+   * single, slot encoding (networks): one result per row, outputs in slots 0..nOutputs-1; with
+   *   "slot-sums", output k is the sum of the result's slots k, k + p, k + 2p, ... (p: resultPeriod).
    * batch: result k of a chunk holds output k of the chunk's row r in slot r.
    * @param {EncryptedRequest} request
    * @param {Uint8Array[]} results
@@ -918,6 +919,7 @@ export class RemoteModel {
           values.slice(i * spec.resultsPerRow, i * spec.resultsPerRow + k)
         )
       }
+      if (spec.encoding === SLOT_SUMS) return results.map((r) => sumSlotClasses(secret.decrypt(r), spec.resultPeriod, k))
       return results.map((r) => Array.from(secret.decrypt(r).subarray(0, k)))
     }
     const capacity = Math.min(this.spec.layouts[BATCH].capacity, secret.slotCount)
@@ -931,4 +933,20 @@ export class RemoteModel {
     }
     return out
   }
+}
+
+/**
+ * Output k of a "slot-sums" result: the sum of its slots k, k + period, k + 2 period, ...
+ * @param {Float64Array} slots @param {number} period @param {number} count @returns {number[]}
+ */
+export function sumSlotClasses(slots, period, count) {
+  if (period < count || slots.length % period) {
+    throw new ProtocolError(`a result period of ${period} cannot hold ${count} outputs in ${slots.length} slots`)
+  }
+  const sums = new Array(count).fill(0)
+  for (let j = 0; j < slots.length; j++) {
+    const k = j % period
+    if (k < count) sums[k] += slots[j]
+  }
+  return sums
 }

@@ -8,7 +8,7 @@
 // The only bare import is 'node-seal' (in ./seal.js): Node resolves it from node_modules, a page maps
 // it with an import map (see js/README.md).
 
-export { Client, RemoteModel, SINGLE_CIPHERTEXTS_PER_REQUEST, REQUEST_BYTES_TARGET, KEY_REUSE_MARGIN_MS } from './client.js'
+export { Client, RemoteModel, SINGLE_CIPHERTEXTS_PER_REQUEST, REQUEST_BYTES_TARGET, KEY_REUSE_MARGIN_MS, sumSlotClasses } from './client.js'
 export {
   HEServeError,
   ServerUnavailableError,

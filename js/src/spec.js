@@ -7,8 +7,11 @@ export const SINGLE = 'single'
 export const BATCH = 'batch'
 export const SLOTS = 'slots'
 export const COEFFICIENTS = 'coefficients'
+// Inputs in slots; output k of a result is the sum of its slots k, k + p, k + 2p, ... for
+// p = resultPeriod (each slot alone is masked by the server; a class's masks sum to zero).
+export const SLOT_SUMS = 'slot-sums'
 const LAYOUTS = [SINGLE, BATCH]
-const ENCODINGS = [SLOTS, COEFFICIENTS]
+const ENCODINGS = [SLOTS, COEFFICIENTS, SLOT_SUMS]
 
 // Largest total coefficient-modulus size (bits) at 128-bit security, per ring degree (SEAL's hestdparms.h).
 export const MAX_COEFF_BITS_128 = { 1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881 }
@@ -43,7 +46,8 @@ export const MAX_COEFF_BITS_128 = { 1024: 27, 2048: 54, 4096: 109, 8192: 218, 16
  * @property {Packing | null} packing
  * @property {boolean} seeded send seeded ciphertexts (half size) or full ones
  * @property {number | null} scaleBits this layout's input scale, when it differs from the model's
- * @property {'slots' | 'coefficients'} encoding
+ * @property {'slots' | 'coefficients' | 'slot-sums'} encoding
+ * @property {number} resultPeriod "slot-sums": output k sums the result's slots k mod this period (0: none)
  * @property {number} resultsPerRow single layout: result ciphertexts per row
  * @property {number} rowsPerRequest single layout: the server's advice for rows per request (0: none)
  * @property {number} ciphertextsPerRow single layout: ciphertexts per row
@@ -140,6 +144,10 @@ function parseLayout(name, entry, n) {
   }
   const capacity = int(entry.capacity, -1)
   if (capacity < 1) throw new ProtocolError(`layout ${name}: capacity must be a positive integer`, 'bad_spec')
+  const resultPeriod = int(entry.result_period, 0)
+  if ((entry.encoding ?? SLOTS) === SLOT_SUMS && (resultPeriod < 1 || (resultPeriod & (resultPeriod - 1)) || resultPeriod > n / 2)) {
+    throw new ProtocolError(`layout ${name}: result_period ${resultPeriod} is not a power of two dividing ${n / 2} slots`, 'bad_spec')
+  }
   return {
     name: /** @type {'single' | 'batch'} */ (name),
     capacity,
@@ -152,6 +160,7 @@ function parseLayout(name, entry, n) {
     scaleBits: entry.scale_bits === undefined || entry.scale_bits === null ? null : int(entry.scale_bits, 0),
     encoding: entry.encoding ?? SLOTS,
     resultsPerRow: int(entry.results_per_row, 1),
+    resultPeriod,
     rowsPerRequest: int(entry.rows_per_request, 0),
     ciphertextsPerRow: packing ? packing.ciphertexts : 1,
   }

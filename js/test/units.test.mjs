@@ -26,6 +26,7 @@ import {
   parseSpec,
   preprocess,
   probabilities,
+  sumSlotClasses,
   tileFeatures,
   v2,
 } from '../src/heserve.js'
@@ -128,6 +129,22 @@ test('the encryption spec is parsed as engine/spec.py parses it', () => {
   const weak = linearMetadata().parameters.encryption
   weak.ckks = { poly_modulus_degree: 4096, coeff_mod_bit_sizes: [60, 60] }
   assert.throws(() => parseSpec(weak), /128-bit/)
+})
+
+test('a slot-sums result: output k is the sum of its slots k mod the result period', () => {
+  const enc = linearMetadata().parameters.encryption
+  enc.layouts.single = { capacity: 1, rotation_steps: [], galois_elements: [], encoding: 'slot-sums', result_period: 8 }
+  const layout = parseSpec(enc).layouts.single
+  assert.equal(layout.encoding, 'slot-sums')
+  assert.equal(layout.resultPeriod, 8)
+  for (const period of [0, 12, 4096]) {
+    enc.layouts.single.result_period = period
+    assert.throws(() => parseSpec(enc), /result_period/)
+  }
+  // Slot j: its class k = j mod 8, plus a mask (+3 in the first period, -1 in the three others) that sums to 0.
+  const slots = Float64Array.from({ length: 32 }, (_, j) => (j % 8) + (j < 8 ? 3 : -1))
+  assert.deepEqual(sumSlotClasses(slots, 8, 5), [0, 4, 8, 12, 16])
+  assert.throws(() => sumSlotClasses(slots, 4, 5), ProtocolError)
 })
 
 test('a remote model reads task, classes and layouts from its metadata', () => {
