@@ -57,14 +57,20 @@ from heserve.engine.params import galois_element
 from heserve.engine.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
 
 # Threads of one batch chunk. numpy and BLAS release the GIL, SEAL's calls through tenseal do not:
-# a second thread runs one prime's matrix product beside another's, and a fused activation's numpy
-# products beside SEAL's rescale of the next unit. Two match the two cores a worker is sized for.
+# a second thread runs one prime's matrix product beside another's, and one block of a deferred
+# activation's units beside another (numpy beside SEAL's rescales gained nothing: SEAL holds the
+# GIL). Two match the two cores a worker is sized for.
 BATCH_THREADS = 2
 # Units per task of a deferred activation (a block's rows, ~1 MB per prime, stay in cache).
 ACTIVATION_BLOCK = 32
 
 # Seconds of server time one single-layout request is sized for (a quarter of the default deadline).
 REQUEST_SECONDS_TARGET = 7.5
+
+
+def _largest_weight(weights: np.ndarray) -> float:
+    largest = float(np.max(np.abs(weights), initial=0.0))
+    return largest if largest > 0 else 1.0
 
 
 class _Dense:
@@ -173,12 +179,13 @@ class DeepNetworkPlan(LeveledPlan):
         primes around SEAL's relinearization (schedule.batch_fused), three when the fused layer's
         own outputs were fresh products, left unrescaled (schedule.batch_deferred): digits-cryptonets'
         256 first units then cost no SEAL call at all. A deferred layer's weights and the next one's
-        share the scale the three primes leave, p = (2^s * q1 q2 q3 / c^2)^(1/3) (~2^18 at s = 27):
-        its rounding (~4e-6 of a weight) stays below the encryption noise carried at 2^27, and each
-        product takes one limb less. Other activations are SEAL's product, relinearization and
-        rescale. Either way the level budget is the single layout's. (Weights of ~2^(s/2)
-        everywhere would save a limb, but their rounding costs 1e-4 of the output on a
-        4-activation network.)"""
+        share the scale the three primes leave, p^2 * p' = 2^s * q1 q2 q3 / c^2, split so that both
+        layers' integer weights have the same size (digits-cryptonets: 2^16.8 and 2^20.4, its
+        second layer's weights being 12x smaller; logits within 2.5e-4 of plaintext over 4,096 rows,
+        against 5-6e-4 for an even 2^18 each and ~3e-4 with the rescale), and each product takes
+        one limb less. Other activations are SEAL's product, relinearization and rescale.
+        Either way the level budget is the single layout's. (Weights of ~2^(s/2) everywhere would
+        save a limb, but their rounding costs 1e-4 of the output on a 4-activation network.)"""
         sched = self.schedule
         scale = self.data_scale
         for number, layer in enumerate(self.dense):
@@ -187,8 +194,12 @@ class DeepNetworkPlan(LeveledPlan):
             drops = sched.batch_drops(number)
             dropped = math.prod(float(q) for q in moduli[len(moduli) - drops:]) if drops else 1.0
             if sched.batch_deferred(number):
+                # p^2 * p' = 2^s q1 q2 q3 / c^2 =: B, split so that both layers' integer weights have
+                # the same size (p max|W| = p' max|W'|): their rounding errors then weigh alike.
                 joint = math.prod(float(q) for q in moduli[len(moduli) - sched.batch_drops(number + 1):])
-                plain_scale = max(1, round((self.data_scale * joint / scale**2) ** (1 / 3)))
+                budget = self.data_scale * joint / scale**2
+                ratio = _largest_weight(self.dense[number + 1].weights) / _largest_weight(layer.weights)
+                plain_scale = max(1, round((budget * ratio) ** (1 / 3)))
             else:
                 plain_scale = max(1, round(self.data_scale * dropped / scale))
             layer.batch_plain_scale = plain_scale
@@ -399,7 +410,6 @@ class DeepNetworkPlan(LeveledPlan):
                 del products
                 continue
             fused = not last and sched.batch_fused(number)
-            pending = []
             for k in range(len(products)):
                 ct = self._ciphertext(products[k], level, layer.batch_product_scale)
                 for _ in range(drops - 1):
@@ -412,12 +422,11 @@ class DeepNetworkPlan(LeveledPlan):
                 if last:
                     results.append(ct)
                 elif fused:
-                    # numpy's products on another thread while SEAL rescales the next units here.
-                    pending.append(pool.submit(self._fused_activation, ct, layer.batch_beta, out_level))
+                    current.append(self._activation_batch(self._coefficients(ct, out_level), layer.batch_beta,
+                                                          out_level))
                 else:
                     current.append(self._coefficients(self._activation(ct, layer.batch_beta, keys.relin),
                                                       out_level + 1))
-            current += [task.result() for task in pending]
             del products
         return results
 
@@ -434,6 +443,3 @@ class DeepNetworkPlan(LeveledPlan):
 
         list(pool.map(block, range(0, len(products), ACTIVATION_BLOCK)))
         return squares
-
-    def _fused_activation(self, ct: sealapi.Ciphertext, beta: np.ndarray, level: int) -> np.ndarray:
-        return self._activation_batch(self._coefficients(ct, level), beta, level)

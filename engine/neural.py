@@ -66,7 +66,7 @@ from heserve.engine.coefficients import CoefficientCodec, uniform_mod
 from heserve.engine.levels import LeveledPlan
 from heserve.engine.linear import EvaluationError, SealRuntime, next_power_of_two
 from heserve.engine.modmath import ModularDense, mulmod_vector
-from heserve.engine.packing import PackedLayout
+from heserve.engine.packing import PackedLayout, slot_sum_lattice
 from heserve.engine.params import CKKSParams, galois_element
 from heserve.engine.spec import BATCH, SINGLE, SLOT_SUMS, EncryptionSpec, LayoutSpec
 
@@ -99,7 +99,7 @@ OP_COST_MS = {
     ("multiply_relinearize", 1): 2.2,
     ("rescale", 1): 0.6,
     ("add", 2): 0.04,
-    ("mask", 2): 0.3,
+    ("mask", 2): 0.4,
 }
 
 
@@ -306,7 +306,7 @@ class NetworkPlan(LeveledPlan):
         self._single_w2 = self._encode(values, self.single_w2_scale, 1)
         self.single_steps = lay.rotation_steps(slots)
         self._result_codec = CoefficientCodec(self.runtime.context, self.levels[2])
-        self._mask_lattice = np.arange(self.runtime.params.poly_modulus_degree) % (slots // lay.out_period) == 0
+        self._mask_lattice = slot_sum_lattice(self.runtime.params.poly_modulus_degree, lay.out_period)
 
     def _compile_batch(self) -> None:
         moduli = self.moduli[0]

@@ -42,6 +42,21 @@ def tile_features(row: np.ndarray, period: int, ciphertexts: int, slots: int) ->
     return [np.tile(padded[mu * period : (mu + 1) * period], slots // period) for mu in range(ciphertexts)]
 
 
+def slot_sum_lattice(poly_degree: int, period: int) -> np.ndarray:
+    """The coefficients a "slot-sums" result leaves readable (engine.neural masks every other one).
+
+    The sum of the slots j = k (mod period) over SEAL's rotations by multiples of the period is the
+    trace onto the polynomials in X^g, g = (N/2)/period: g times the coefficients at multiples of g.
+    For period 1 the rotations (Galois elements 3^k) do not form that group, but the real part of
+    the sum of all slots is N/2 times the constant coefficient (the slots and their conjugates are
+    all the primitive 2N-th roots, whose i-th powers sum to zero for 0 < i < N): only it is kept.
+    """
+    index = np.arange(poly_degree)
+    if period == 1:
+        return index == 0
+    return index % (poly_degree // 2 // period) == 0
+
+
 def doubling_steps(start: int, stop: int) -> list[int]:
     """start, 2*start, 4*start, ... below stop: the steps of a rotate-and-sum."""
     steps = []

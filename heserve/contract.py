@@ -26,6 +26,7 @@ from heserve.client import encoding
 from heserve.client.keys import SecretContext
 from heserve.engine import seal_io
 from heserve.engine.coefficients import CoefficientCodec
+from heserve.engine.packing import slot_sum_lattice
 from heserve.engine.params import galois_element
 from heserve.engine.plan import Plan
 from heserve.engine.spec import BATCH, COEFFICIENTS, SINGLE, SLOT_SUMS
@@ -238,14 +239,14 @@ def _check_slot_sums(owner: _Owner, blob: bytes, period: int, n_outputs: int, ex
     """A "slot-sums" result: its classes of slots sum to the outputs of one row, and nothing else is
     readable: every coefficient off the multiples of g = S/period (what the sums do not read) is
     uniform mod q, the ones on them (the sums) are small."""
-    sums = encoding.unpack_slot_sums(owner.secret.decrypt(blob), period, period)
+    sums = encoding.unpack_slot_sums(owner.secret.decrypt(blob), period, period)  # real parts
     allowed = _allowed(tolerance, expected)
     error = float(np.max(np.abs(sums[:n_outputs] - expected)))
     _require(error < allowed, f"a crafted input is answered with {error:.2e} off one honest row")
     empty = float(np.max(np.abs(sums[n_outputs:]), initial=0.0))
     _require(empty < EMPTY_SLOT_TOLERANCE, f"slots that hold no output sum to {empty:.2e}")
     coefficients, q = owner.coefficients(blob)
-    lattice = np.arange(coefficients.size) % (owner.secret.slot_count // period) == 0
+    lattice = slot_sum_lattice(coefficients.size, period)
     rest = np.abs(coefficients[~lattice])
     # Uniform on (-q/2, q/2): half of them within q/4. Unmasked slots would be small values.
     inner = float(np.mean(rest < q / 4))

@@ -284,6 +284,42 @@ def test_network_complex_slots_answer_the_model_at_one_complex_point(registry, a
     assert np.allclose(expected, 2 * f0 - (fp + fm) / 2 + 1j * (fp - fm) / 2)
 
 
+def test_each_result_has_its_own_mask(registry, attackers):
+    """The same input twice: the slot sums agree, every slot on its own differs by the mask's size (a
+    mask drawn once would let two results be subtracted into the unmasked slots)."""
+    plan = registry.get("digits-mlp").plan
+    attacker = attackers["digits-mlp"]
+    vectors = [np.random.default_rng(11).normal(0.0, 0.5, attacker.slots)]
+    first, second = attacker.run(vectors).real, attacker.run(vectors).real
+    period = plan.layout.out_period
+    assert np.max(np.abs(first.reshape(-1, period).sum(axis=0) - second.reshape(-1, period).sum(axis=0))) < SAME
+    assert np.median(np.abs(first - second)) > plan.moduli[2][0] / plan.single_output_scale
+
+
+def test_a_one_output_network_keeps_only_the_constant_coefficient():
+    """period 1: SEAL's rotations by 1, 2, ... (Galois elements 3^k) are not the group whose trace keeps
+    the multiples of N/2, but the real part of the sum of all slots is N/2 times the constant
+    coefficient: the mask leaves only that coefficient, and the client reads the sum's real part."""
+    from heserve.engine.linear import SealRuntime
+    from heserve.engine.packing import slot_sum_lattice
+
+    rng = np.random.default_rng(9)
+    arrays = {"W0": rng.normal(0.0, 0.5, (4, 8)), "b0": rng.normal(0.0, 0.5, 4),
+              "W1": rng.normal(0.0, 0.5, (1, 4)), "b1": rng.normal(0.0, 0.5, 1)}
+    layers = [{"type": "dense", "weights": "W0", "bias": "b0"}, {"type": "act", "beta": 0.5},
+              {"type": "dense", "weights": "W1", "bias": "b1", "output_bound": 20.0}]
+    plan = NetworkPlan(layers, arrays, SealRuntime(NETWORK_PARAMS))
+    assert plan.layout.out_period == 1 and plan.spec().layouts[SINGLE].result_period == 1
+    assert np.flatnonzero(slot_sum_lattice(8192, 1)).tolist() == [0]
+    attacker = Attacker(plan)
+    for vector in (rng.normal(0.0, 1.0, attacker.slots), np.where(np.arange(attacker.slots) == 2, 1.5, 0.0)):
+        slots = attacker.run([vector]).real
+        assert_one_network_row(plan, slots, network(plan, period_average([vector], plan.layout.period)))
+    honest = rng.normal(0.0, 1.0, 8)
+    slots = attacker.run(encoding.pack_single(honest, attacker.layout, attacker.slots)).real
+    assert abs(encoding.unpack_single_result(slots, attacker.layout, 1)[0] - network(plan, honest)[0]) < 1e-3
+
+
 def test_one_layer_network_answers_one_row():
     """A single dense layer: the identity takes layer 2's place, with the same structure around it."""
     from heserve.engine.linear import SealRuntime
