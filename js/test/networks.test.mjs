@@ -39,6 +39,9 @@ test('one-activation networks, single layout, agree with the plaintext answers',
     const { model, run } = await agrees(name, 'single', 2, 20 + i)
     assert.equal(model.spec.ckks.poly_modulus_degree, 8192)
     assert.ok(model.spec.layouts.single.packing, 'a packed single layout')
+    // Each result slot is masked; the SDK sums the classes of slots into the outputs it compared.
+    assert.equal(model.spec.layouts.single.encoding, 'slot-sums')
+    assert.equal(model.spec.layouts.single.resultPeriod, model.spec.layouts.single.packing.out_period)
     assert.equal(run.ciphertexts, 2)
     keyIds.add(run.keyId)
   }
