@@ -165,13 +165,9 @@ class SecretContext:
         """Every coefficient of a coefficient-encoded result, centred mod q and divided by its scale
         (to look at what a result carries; `decrypt_constant` is all a prediction needs)."""
         plain = self._decrypt_first_level(data)
-        codec = self.codec
-        if len(codec.moduli) != 1:
+        if len(self.codec.moduli) != 1:
             raise HEClientError("reading coefficients needs a single-prime level here")
-        q = codec.moduli[0]
-        values = codec.from_ntt(codec.plaintext_residues(plain))[0]
-        centred = np.where(values > q // 2, values.astype(np.float64) - q, values.astype(np.float64))
-        return centred / plain.scale
+        return self.codec.centred_coefficients(plain) / plain.scale
 
     def bind(self, ciphertext: bytes) -> str:
         """The tag that tells the server this ciphertext was made with this context's key."""

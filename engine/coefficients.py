@@ -76,6 +76,14 @@ class CoefficientCodec:
             return seal_memory.plaintext_coefficients(plain).reshape(-1, self.n).copy()
         return seal_raw.plaintext_residues(seal_raw.own_uncompressed(seal_io.dump(plain)), self.n)
 
+    def centred_coefficients(self, plain: sealapi.Plaintext) -> np.ndarray:
+        """Every coefficient of a one-prime plaintext, centred mod q (not divided by its scale)."""
+        if len(self.moduli) != 1:
+            raise ValueError("reading coefficients needs a single-prime level here")
+        q = self.moduli[0]
+        values = self.from_ntt(self.plaintext_residues(plain))[0].astype(np.float64)
+        return np.where(values > q // 2, values - q, values)
+
     # --- plaintexts --------------------------------------------------------------------------
     def plaintext(self, ntt_residues: np.ndarray, scale: float) -> sealapi.Plaintext:
         """A SEAL plaintext with these NTT-form residues at this level and scale."""

@@ -192,7 +192,7 @@ class DeepNetworkPlan(LeveledPlan):
             level = sched.batch_level(number)
             moduli = self.moduli[level]
             drops = sched.batch_drops(number)
-            dropped = math.prod(float(q) for q in moduli[len(moduli) - drops:]) if drops else 1.0
+            dropped = math.prod(float(q) for q in moduli[len(moduli) - drops:])  # 1 for no drop
             if sched.batch_deferred(number):
                 # p^2 * p' = 2^s q1 q2 q3 / c^2 =: B, split so that both layers' integer weights have
                 # the same size (p max|W| = p' max|W'|): their rounding errors then weigh alike.
@@ -405,7 +405,7 @@ class DeepNetworkPlan(LeveledPlan):
             drops = sched.batch_drops(number)
             out_level = level + drops
             if sched.batch_deferred(number):
-                # Never in SEAL: numpy's products on every thread, unit by unit.
+                # Never in SEAL: numpy's products, blocks of units on the pool's threads.
                 current = list(self._deferred_activation(products, layer.batch_beta, level, pool))
                 del products
                 continue

@@ -122,9 +122,7 @@ class _Owner:
         self.secret._decryptor.decrypt(ct, plain)
         codec = CoefficientCodec(self.secret._context, ct.parms_id())
         _require(len(codec.moduli) == 1, "a slot-sums result is not on one prime")
-        (q,) = codec.moduli
-        values = codec.from_ntt(codec.plaintext_residues(plain))[0].astype(np.float64)
-        return np.where(values > q // 2, values - q, values), q
+        return codec.centred_coefficients(plain), codec.moduli[0]
 
 
 def check_plan(plan: Plan, x: np.ndarray, tolerance: float = 2e-3, seed: int = 0) -> None:

@@ -640,7 +640,7 @@ DEEP = "digits-cryptonets"
 
 @pytest.fixture(scope="module")
 def deep_worker(tmp_path_factory):
-    """One worker with a 1 s request limit: a deep single row costs ~0.25 s, a batch chunk ~2.5-3.5 s."""
+    """One worker with a 1 s request limit: a deep single row costs ~0.25 s, a batch chunk ~1.5-2 s."""
     proc = start_server(tmp_path_factory.mktemp("deep"), workers=1, max_request_seconds="1")
     yield proc
     proc.stop()
