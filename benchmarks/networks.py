@@ -637,8 +637,8 @@ def op_costs(services, name: str) -> dict:
             nxt = sealapi.Ciphertext()
             ev.mod_switch_to_next(ct, nxt)
             ct = nxt
-    if hasattr(plan, "_output_mask"):  # NetworkPlan: the mask that stands for the output sum's rotations
-        costs["mask@2"] = _ms(lambda: plan._output_mask(2.0**20))
+    # The slot sums' mask, at the result level, where it stands for the output sum's rotations.
+    costs[f"mask@{len(plan.levels) - 1}"] = _ms(lambda: plan._output_mask(2.0**20))
     rng = np.random.default_rng(0)
     for shape, dense, components, level in _batch_matmuls(plan):
         inputs = [

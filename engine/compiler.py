@@ -65,6 +65,9 @@ class DenseSchedule:
     d_out: int  # the output vector's period
     baby: int  # baby steps 0..baby-1 rotate the input; giant steps rotate partial sums by `baby`
     level: int  # level (primes dropped so far) at which the products are made
+    # The output layer's result is read as slot sums (engine.deep): the client's sum over the slots
+    # k (mod d_out) adds up the column blocks too, so the server does not rotate them together.
+    summed_by_client: bool = False
 
     @property
     def diagonals(self) -> int:
@@ -83,6 +86,8 @@ class DenseSchedule:
 
     def sum_steps(self) -> list[int]:
         """A wide-to-narrow product sums the partial products of the d_in/d_out column blocks."""
+        if self.summed_by_client:
+            return []
         steps, step = [], self.d_out
         while step < self.d_in:
             steps.append(step)
@@ -149,6 +154,7 @@ class NetworkSchedule:
                     {"op": "multiply_relinearize", "count": 1, "level": level},
                     {"op": "rescale", "count": 1, "level": level},
                 ]
+        ops.append({"op": "mask", "count": 1, "level": self.depth})  # the slot sums' mask
         ops.append({"op": "rerandomize", "count": 1, "level": self.depth})  # every result leaves re-randomized
         return [op for op in ops if op["count"]]
 
@@ -318,7 +324,7 @@ def compile_network(layers: list[dict], arrays: dict[str, np.ndarray], output_bo
         d_in, d_out = padded[i], padded[i + 1]
         dense.append(
             DenseSchedule(2 * i, str(layers[2 * i].get("source", "")), widths[i], widths[i + 1], d_in, d_out,
-                          choose_baby(min(d_in, d_out)), level)
+                          choose_baby(min(d_in, d_out)), level, summed_by_client=i == n_dense - 1)
         )
         level += 1
         if i < n_dense - 1:

@@ -16,9 +16,17 @@ relies on nothing the client did:
    is split into baby steps (rotations of the input by k < b) and giant steps (Horner over
    rotations by b of the partial sums, with the diagonals pre-rotated in plaintext), and only
    power-of-two rotations need keys. Then rescale, and the bias;
-3. every activation is u*(u + beta): one ciphertext product, relinearization and rescale.
-Every slot of every stage is thus a function of the one periodic input vector: slot i of the
-result holds output i mod d_out (padding outputs hold the rounding residue of zero weights).
+3. every activation is u*(u + beta): one ciphertext product, relinearization and rescale;
+4. the output layer leaves its column blocks unsummed and its bias spread over the S/d_out slots
+   of each output's class: output k is the sum of the slots k (mod d_out), which the client
+   takes ("slot-sums", as engine.neural's step 5). The server adds a fresh mask, uniform mod q0
+   on every coefficient but the multiples of S/d_out (the ones that sum reads), so that each
+   slot alone is noise: the partial products, the copies and the key-switching and rescaling
+   noise of each slot are not readable, and a client that forged its public key (see the
+   README's security notes) reads 2*d_out coefficients of the re-randomization, not N.
+Every slot of every stage is thus a function of the one periodic input vector, and what a result
+lets the client read is the outputs of that vector (padding outputs sum to the rounding residue
+of zero weights).
 
 Scales: every stage lands at the data scale 2^s exactly; a dense layer's plaintext scale is
 2^s * q / c for the current scale c and the prime q its rescale drops, so a ciphertext
@@ -54,7 +62,7 @@ from heserve.engine.levels import LeveledPlan
 from heserve.engine.linear import EvaluationError, SealRuntime
 from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.params import galois_element
-from heserve.engine.spec import BATCH, SINGLE, EncryptionSpec, LayoutSpec
+from heserve.engine.spec import BATCH, SINGLE, SLOT_SUMS, EncryptionSpec, LayoutSpec
 
 # Threads of one batch chunk. numpy and BLAS release the GIL, SEAL's calls through tenseal do not:
 # a second thread runs one prime's matrix product beside another's, and one block of a deferred
@@ -141,6 +149,16 @@ class DeepNetworkPlan(LeveledPlan):
             if number == 0:
                 weights *= s.d_in / slots  # the periodic sum adds S/d0 copies: read their average
             layer.single_plain_scale = self.data_scale * q / scale
+            if s.summed_by_client:
+                # Output k is the sum of the S/d_out slots k (mod d_out): S/max(d_in, d_out) copies
+                # of the output (its column blocks unsummed), so the weights read 1/copies of it. A
+                # scale up to that many times larger keeps their precision (the same integer
+                # polynomial) as far as the result's scale, 2^s times it, stays under q0 by SEAL's
+                # bound (log2(scale) + 1 < its bits).
+                copies = slots // max(s.d_in, s.d_out)
+                weights /= copies
+                headroom = self.moduli[0][0].bit_length() - self.schedule.scale_bits - 2
+                layer.single_plain_scale *= min(copies, 2**headroom)
             layer.single_out_scale = (scale * layer.single_plain_scale) / q
             for g in range(s.giant):
                 row = []
@@ -156,6 +174,8 @@ class DeepNetworkPlan(LeveledPlan):
                 raise ValueError(f"layer {s.index} has no non-zero weight")
             bias = np.zeros(s.d_out)
             bias[: s.n_out] = layer.bias
+            if s.summed_by_client:
+                bias *= s.d_out / slots  # one share in each of the S/d_out slots that output k sums
             layer.single_bias = self._encode(bias[slot % s.d_out], layer.single_out_scale, s.level + 1)
             scale = layer.single_out_scale
             self.single_scales.append({"stage": f"dense {s.index}", "level": s.level + 1,
@@ -168,6 +188,7 @@ class DeepNetworkPlan(LeveledPlan):
                 self.single_scales.append({"stage": f"activation {s.index + 1}", "level": level + 1,
                                            "scale_log2": round(math.log2(scale), 4)})
         self.single_output_scale = scale
+        self._compile_result_mask(self.schedule.depth, self.schedule.dense[-1].d_out)
 
     def _compile_batch(self) -> None:
         """Integer weights round(W * p) for the modular matrix products, p = 2^s * (primes the layer's
@@ -243,6 +264,8 @@ class DeepNetworkPlan(LeveledPlan):
                              "baby": 1, "out_period": sched.dense[-1].d_out},
                     rows_charged=self.single_rows_charged,
                     rows_per_request=self.rows_per_request,
+                    encoding=SLOT_SUMS,
+                    result_period=sched.dense[-1].d_out,
                 ),
                 BATCH: LayoutSpec(
                     BATCH, capacity=self.runtime.slots, method="modular-matmul", seeded=False,
@@ -340,6 +363,7 @@ class DeepNetworkPlan(LeveledPlan):
             x = self._dense_single(layer, x, keys.galois)
             if number < len(self.betas):
                 x = self._activation(x, layer.single_beta, keys.relin)
+        self.runtime.evaluator.add_plain_inplace(x, self._output_mask(x.scale))
         return [x]
 
     # --- batch layout ------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from heserve.engine import seal_io, seal_memory, seal_raw
+from heserve.engine.coefficients import CoefficientCodec, uniform_mod
 from heserve.engine.linear import EvaluationError, RowCharges, SealRuntime
+from heserve.engine.packing import slot_sum_lattice
 
 
 class LeveledPlan(RowCharges):
@@ -34,6 +36,24 @@ class LeveledPlan(RowCharges):
         else:
             self.runtime.encoder.encode(float(values), self.levels[level], scale, plain)
         return plain
+
+    def _compile_result_mask(self, level: int, period: int) -> None:
+        """A "slot-sums" result at `level`: output k is the sum of its slots k (mod period)."""
+        self._result_codec = CoefficientCodec(self.runtime.context, self.levels[level])
+        self._mask_lattice = slot_sum_lattice(self.runtime.params.poly_modulus_degree, period)
+
+    def _output_mask(self, scale: float) -> sealapi.Plaintext:
+        """Uniform mod q0 off the coefficients the slot sums read, zero on them (fresh each result).
+
+        The sum of the slots k (mod s) over the rotations by multiples of s is the trace onto the
+        polynomials in X^g, g = S/s (engine.packing.slot_sum_lattice): the mask leaves it as it was,
+        and every other coefficient, which the output sum's rotations would have cancelled, is
+        uniform noise to the client."""
+        codec = self._result_codec
+        (q,) = codec.moduli
+        coefficients = uniform_mod(q, codec.n)
+        coefficients[self._mask_lattice] = 0
+        return codec.plaintext(codec.to_ntt(coefficients.reshape(1, -1)), scale)
 
     def _ciphertext(self, data: np.ndarray, level: int, scale: float) -> sealapi.Ciphertext:
         """A SEAL ciphertext in NTT form at `level` holding `data` (size, primes, N), computed here."""

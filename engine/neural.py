@@ -62,11 +62,10 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from heserve.engine import seal_raw
-from heserve.engine.coefficients import CoefficientCodec, uniform_mod
 from heserve.engine.levels import LeveledPlan
 from heserve.engine.linear import EvaluationError, SealRuntime, next_power_of_two
 from heserve.engine.modmath import ModularDense, mulmod_vector
-from heserve.engine.packing import PackedLayout, slot_sum_lattice
+from heserve.engine.packing import PackedLayout
 from heserve.engine.params import CKKSParams, galois_element
 from heserve.engine.spec import BATCH, SINGLE, SLOT_SUMS, EncryptionSpec, LayoutSpec
 
@@ -305,8 +304,7 @@ class NetworkPlan(LeveledPlan):
         values = np.where(clean, w2[hidden, k] / np.maximum(per_class[k], 1), 0.0)
         self._single_w2 = self._encode(values, self.single_w2_scale, 1)
         self.single_steps = lay.rotation_steps(slots)
-        self._result_codec = CoefficientCodec(self.runtime.context, self.levels[2])
-        self._mask_lattice = slot_sum_lattice(self.runtime.params.poly_modulus_degree, lay.out_period)
+        self._compile_result_mask(2, lay.out_period)
 
     def _compile_batch(self) -> None:
         moduli = self.moduli[0]
@@ -484,16 +482,8 @@ class NetworkPlan(LeveledPlan):
         ev.rescale_to_next_inplace(acc)
         if self._single_b2 is not None:
             ev.add_plain_inplace(acc, self._single_b2)
-        ev.add_plain_inplace(acc, self._output_mask(acc.scale))
+        ev.add_plain_inplace(acc, self._output_mask(acc.scale))  # step 5
         return [acc]
-
-    def _output_mask(self, scale: float) -> sealapi.Plaintext:
-        """Step 5: uniform mod q0 off the multiples of g = S/s, zero on them (fresh each result)."""
-        codec = self._result_codec
-        (q,) = codec.moduli
-        coefficients = uniform_mod(q, codec.n)
-        coefficients[self._mask_lattice] = 0
-        return codec.plaintext(codec.to_ntt(coefficients.reshape(1, -1)), scale)
 
     # --- batch layout ------------------------------------------------------------------------
     def parse_batch_input(self, blob: bytes, what: str) -> seal_raw.RawCiphertext:

@@ -201,7 +201,7 @@ def test_a_registration_larger_than_any_keys_is_refused_before_it_is_read(lone_w
     url = urlparse(lone_worker.url)
     watch = Watch(lone_worker)
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        # 400 MB declared (under the 512 MiB body limit, over the ~268 MB that full keys take for the
+        # 400 MB declared (under the 512 MiB body limit, over the ~249 MB that full keys take for the
         # largest served plan, digits-mlp3 at N=16384); none sent.
         sock.sendall(
             b"POST /v2/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"

@@ -88,6 +88,7 @@ class Attacker:
             self.plan.check_input(ct, f"input {i}")
             cts.append(ct)
         (result,) = self.plan.evaluate_single(cts, self.keys)
+        self.result_scale = result.scale
         plain = sealapi.Plaintext()
         self.secret._decryptor.decrypt(result, plain)
         return np.asarray(self.secret._encoder.decode_complex(plain))
@@ -284,16 +285,25 @@ def test_network_complex_slots_answer_the_model_at_one_complex_point(registry, a
     assert np.allclose(expected, 2 * f0 - (fp + fm) / 2 + 1j * (fp - fm) / 2)
 
 
-def test_each_result_has_its_own_mask(registry, attackers):
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cryptonets"])
+def test_each_result_has_its_own_mask(registry, attackers, name):
     """The same input twice: the slot sums agree, every slot on its own differs by the mask's size (a
-    mask drawn once would let two results be subtracted into the unmasked slots)."""
-    plan = registry.get("digits-mlp").plan
-    attacker = attackers["digits-mlp"]
+    mask drawn once would let two results be subtracted into the unmasked slots). One activation
+    (engine.neural) and several (engine.deep) mask their results the same way."""
+    plan = registry.get(name).plan
+    attacker = attackers[name] if name in attackers else Attacker(plan)
     vectors = [np.random.default_rng(11).normal(0.0, 0.5, attacker.slots)]
-    first, second = attacker.run(vectors).real, attacker.run(vectors).real
-    period = plan.layout.out_period
-    assert np.max(np.abs(first.reshape(-1, period).sum(axis=0) - second.reshape(-1, period).sum(axis=0))) < SAME
-    assert np.median(np.abs(first - second)) > plan.moduli[2][0] / plan.single_output_scale
+    first, second = attacker.run(vectors), attacker.run(vectors)
+    period = attacker.layout.result_period
+    sums = first.real.reshape(-1, period).sum(axis=0), second.real.reshape(-1, period).sum(axis=0)
+    assert np.max(np.abs(sums[0] - sums[1])) < OUTPUT_TOL  # two encryptions' noise: ~1e-4 at 2^27
+    expected = plan.plaintext(period_average(vectors, attacker.layout.period))[0]
+    assert np.max(np.abs(sums[0][: plan.n_outputs] - expected)) < OUTPUT_TOL
+    q0, scale = plan.moduli[-1][0], attacker.result_scale
+    assert np.median(np.abs(first.real - second.real)) > q0 / scale
+    # Alone, a slot is the mask: above every output, and far above an output's share of one slot.
+    largest = float(np.max(np.abs(sums[0])))
+    assert np.median(np.abs(first.real)) > max(largest, 100 * largest * period / attacker.slots)
 
 
 def test_a_one_output_network_keeps_only_the_constant_coefficient():
