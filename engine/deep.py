@@ -62,13 +62,9 @@ from heserve.engine.levels import LeveledPlan
 from heserve.engine.linear import EvaluationError, SealRuntime
 from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.params import galois_element
+from heserve.engine.plan import DEFAULT_BATCH_THREADS
 from heserve.engine.spec import BATCH, SINGLE, SLOT_SUMS, EncryptionSpec, LayoutSpec
 
-# Threads of one batch chunk. numpy and BLAS release the GIL, SEAL's calls through tenseal do not:
-# a second thread runs one prime's matrix product beside another's, and one block of a deferred
-# activation's units beside another (numpy beside SEAL's rescales gained nothing: SEAL holds the
-# GIL). Two match the two cores a worker is sized for.
-BATCH_THREADS = 2
 # Units per task of a deferred activation (a block's rows, ~1 MB per prime, stay in cache).
 ACTIVATION_BLOCK = 32
 
@@ -412,10 +408,14 @@ class DeepNetworkPlan(LeveledPlan):
             out[..., 2, prime, :] = mulmod_vector(c1, c1, q)
         return out
 
-    def evaluate_batch(self, inputs: list[seal_raw.RawCiphertext], rows: int, keys) -> list[sealapi.Ciphertext]:
+    def evaluate_batch(self, inputs: list[seal_raw.RawCiphertext], rows: int, keys,
+                       threads: int = DEFAULT_BATCH_THREADS) -> list[sealapi.Ciphertext]:
         if len(inputs) != self.n_features:
             raise EvaluationError(f"batch layout needs {self.n_features} ciphertexts per chunk, got {len(inputs)}")
-        with ThreadPoolExecutor(max_workers=BATCH_THREADS) as pool:
+        # numpy and BLAS release the GIL, SEAL's calls through tenseal do not: a second thread runs
+        # one prime's matrix product beside another's, and one block of a deferred activation's
+        # units beside another (numpy beside SEAL's rescales gained nothing: SEAL holds the GIL).
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             return self._evaluate_batch([raw.data for raw in inputs], keys, pool)
 
     def _evaluate_batch(self, current: list[np.ndarray], keys, pool: Executor) -> list[sealapi.Ciphertext]:

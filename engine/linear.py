@@ -292,7 +292,9 @@ class LinearPlan(RowCharges):
             self._batch_bias_cache[rows] = cached
         return cached
 
-    def evaluate_batch(self, cts: list[sealapi.Ciphertext], rows: int, keys=None) -> list[sealapi.Ciphertext]:
+    def evaluate_batch(self, cts: list[sealapi.Ciphertext], rows: int, keys=None, threads: int = 1
+                       ) -> list[sealapi.Ciphertext]:
+        # One thread: SEAL's scalar products hold the GIL, a second would only wait for it.
         if len(cts) != self.n_features:
             raise EvaluationError(f"batch layout needs {self.n_features} ciphertexts per chunk, got {len(cts)}")
         for j, ct in enumerate(cts):

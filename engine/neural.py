@@ -67,6 +67,7 @@ from heserve.engine.linear import EvaluationError, SealRuntime, next_power_of_tw
 from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.packing import PackedLayout
 from heserve.engine.params import CKKSParams, galois_element
+from heserve.engine.plan import DEFAULT_BATCH_THREADS
 from heserve.engine.spec import BATCH, SINGLE, SLOT_SUMS, EncryptionSpec, LayoutSpec
 
 NETWORK_PARAMS = CKKSParams(8192, (45, 45, 45, 60))
@@ -520,16 +521,17 @@ class NetworkPlan(LeveledPlan):
         out[:, :, prime, :] = y
         return True
 
-    def evaluate_batch(self, inputs: list[seal_raw.RawCiphertext], rows: int, keys) -> list[sealapi.Ciphertext]:
+    def evaluate_batch(self, inputs: list[seal_raw.RawCiphertext], rows: int, keys,
+                       threads: int = DEFAULT_BATCH_THREADS) -> list[sealapi.Ciphertext]:
         if len(inputs) != self.n_features:
             raise EvaluationError(f"batch layout needs {self.n_features} ciphertexts per chunk, got {len(inputs)}")
         n = self.runtime.params.poly_modulus_degree
         moduli = self.moduli[0]
         size = 3 if self.two_layers else 2
         out = np.empty((self.n_outputs, size, len(moduli), n), dtype=np.uint64)
-        # Primes are independent until the end; numpy and BLAS release the GIL, so two threads
-        # overlap one prime's element-wise passes with another's matrix products.
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        # Primes are independent until the end; numpy and BLAS release the GIL, so a second thread
+        # overlaps one prime's element-wise passes with another's matrix products.
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             valid = list(pool.map(lambda prime: self._batch_prime(inputs, prime, out), range(len(moduli))))
         if not all(valid):
             raise EvaluationError("ciphertext coefficients lie outside their modulus")

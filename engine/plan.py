@@ -14,6 +14,10 @@ import tenseal.sealapi as sealapi
 
 from heserve.engine.spec import EncryptionSpec
 
+# Threads one batch chunk of a network may use (numpy and BLAS release the GIL): two match the two
+# cores a worker is sized for; a server's configuration sets its own.
+DEFAULT_BATCH_THREADS = 2
+
 
 @runtime_checkable
 class Plan(Protocol):
@@ -39,4 +43,7 @@ class Plan(Protocol):
 
     def evaluate_single(self, cts: list[sealapi.Ciphertext], keys: Any) -> list[sealapi.Ciphertext]: ...
 
-    def evaluate_batch(self, cts: list[Any], rows: int, keys: Any) -> list[sealapi.Ciphertext]: ...
+    def evaluate_batch(
+        self, cts: list[Any], rows: int, keys: Any, threads: int = DEFAULT_BATCH_THREADS
+    ) -> list[sealapi.Ciphertext]:
+        """One chunk of the batch layout, on up to `threads` threads where the plan can use them."""

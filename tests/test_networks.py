@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -28,11 +30,12 @@ DEEP_ROWS = 24
 DEEP = {"digits-cryptonets", "digits-mlp3"}
 
 
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
 @pytest.fixture(scope="module")
 def registry():
-    from pathlib import Path
-
-    return load_registry(Path(__file__).resolve().parent.parent / "models")
+    return load_registry(MODELS_DIR)
 
 
 @pytest.mark.parametrize("layout", ["single", "batch"])
@@ -259,3 +262,35 @@ def test_network_batch_refuses_bad_ciphertexts(server):
         assert fragment in response.json()["error"]
     ok = post_binary(server.url, path, infer_message([good] * 64, key_id, "batch", [1, 64], 5))
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cryptonets"])
+def test_batch_threads_from_the_configuration_reach_the_plan(tmp_path, registry, monkeypatch, name):
+    """HESERVE_BATCH_THREADS=1: a batch chunk computes on one thread, with the same answers."""
+    from concurrent import futures
+
+    from .helpers import in_process_client
+
+    used = []
+    real_pool = futures.ThreadPoolExecutor
+
+    def counting_pool(max_workers=None, **kwargs):
+        used.append(max_workers)
+        return real_pool(max_workers=max_workers, **kwargs)
+
+    plan_module = type(registry.get(name).plan).__module__
+    monkeypatch.setattr(f"{plan_module}.ThreadPoolExecutor", counting_pool)
+    monkeypatch.setenv("HESERVE_BATCH_THREADS", "1")
+    _, x_test, _, _ = digits_split()
+    with in_process_client(MODELS_DIR, tmp_path) as client:
+        scores = client.model(name).raw_scores(x_test[:40], layout="batch")
+    assert used and set(used) == {1}
+    assert np.max(np.abs(scores - registry.get(name).plaintext_predict(x_test[:40]))) < 1e-2
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_batch_threads_out_of_range_are_refused_at_start(value):
+    from heserve.server.service.config import ServerConfig
+
+    with pytest.raises(ValueError, match="BATCH_THREADS"):
+        ServerConfig.from_env({"HESERVE_BATCH_THREADS": value})

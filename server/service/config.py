@@ -48,6 +48,9 @@ class ServerConfig:
     max_request_ciphertexts: int = 1 << 15  # BYTES elements (ciphertexts) one request may declare
     max_json_body_bytes: int = 16 * 1024 * 1024  # pure JSON bodies (plaintext); ciphertexts come in binary
     max_request_seconds: float = 30.0  # worker time one inference may take; past it the request gets 413
+    # Threads one network batch chunk computes on: its CPU time is up to this many times its wall time.
+    # 1 where a host's workers already fill its cores (workers x threads x this <= cores avoids queuing).
+    batch_threads: int = 2
     max_worker_rss_bytes: int = 3 * 1024**3  # a worker past this resident size is replaced after its request
     key_sweep_interval_seconds: float = 10.0  # expired keys' bytes are erased within this many seconds
     # Per tenant (the API key's tenant, or the client's address when there are no API keys); 0 = unlimited.
@@ -85,6 +88,8 @@ class ServerConfig:
         config.keys_dir = Path(config.keys_dir)
         if config.web_dir is not None:
             config.web_dir = Path(config.web_dir)
+        if not 1 <= config.batch_threads <= 64:
+            raise ValueError(f"{ENV_PREFIX}BATCH_THREADS must be between 1 and 64, got {config.batch_threads}")
         if config.key_store not in KEY_STORES:
             raise ValueError(f"{ENV_PREFIX}KEY_STORE must be one of {', '.join(KEY_STORES)}, got {config.key_store!r}")
         return config

@@ -53,6 +53,7 @@ class InferenceLimits:
     max_elements: int = 1 << 22  # tensor elements (plaintext values or ciphertexts) in one request
     max_ciphertexts: int = 1 << 15  # BYTES elements in one request
     deadline_seconds: float = 30.0  # evaluation stops and answers 413 past this (below the worker timeout)
+    batch_threads: int = 2  # threads one network batch chunk computes on
 
     @classmethod
     def from_config(cls, config) -> InferenceLimits:
@@ -63,6 +64,7 @@ class InferenceLimits:
             max_elements=config.max_request_elements,
             max_ciphertexts=config.max_request_ciphertexts,
             deadline_seconds=config.max_request_seconds,
+            batch_threads=config.batch_threads,
         )
 
 
@@ -247,7 +249,9 @@ def _infer_encrypted(
                         for j, blob in enumerate(blobs)
                     ]
             with times.phase("compute_infer"):
-                results = _evaluate(lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r, eval_keys))
+                results = _evaluate(
+                    lambda c=cts, r=chunk_rows: plan.evaluate_batch(c, r, eval_keys, limits.batch_threads)
+                )
             with times.phase("compute_output"):
                 outputs.extend(_rerandomized(runtime, results, eval_keys))
         shape = [chunks, plan.n_outputs]
