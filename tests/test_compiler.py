@@ -167,6 +167,7 @@ GENERATED = {
     "2 activations": [30, 16, 16, 2],
     "3 activations": [64, 32, 32, 32, 10],
     "4 activations": [16, 8, 8, 8, 8, 3],
+    "2 activations, one output": [16, 8, 8, 1],  # result_period 1: only the constant coefficient
 }
 
 
