@@ -7,7 +7,8 @@ scalars of a*x^2 + b*x + c into this form.) Output: a NetworkSchedule that says
 - the multiplicative depth: every dense layer is one plaintext product and every activation
   one ciphertext product, each followed by one rescale (one prime dropped);
 - the smallest parameters that hold it at 128-bit security: N = 8192, 16384 or 32768, a last
-  prime q0 that holds the outputs at the data scale, `depth` data primes of the data scale and
+  prime q0 that holds the outputs at the data scale (and, within 50 bits, the single layout's
+  slot sums at the scale that keeps their precision), `depth` data primes of the data scale and
   a special prime (60 bits where the ring has room, else a few bits above every data prime),
   within the HE standard's coefficient-modulus limit for N;
 - the padded width of every layer (single layout: a power of two that divides the slots),
@@ -251,9 +252,14 @@ def _bits(value: float) -> int:
     return max(0, math.ceil(math.log2(max(value, 1.0))))
 
 
-def choose_parameters(depth: int, output_bound: float, widest: int, widest_name: str = "a layer"
-                      ) -> tuple[CKKSParams, int]:
-    """The smallest ring (then the largest data scale) holding `depth` levels at 128-bit security."""
+def choose_parameters(depth: int, output_bound: float, widest: int, widest_name: str = "a layer",
+                      output_layer_width: int = 0) -> tuple[CKKSParams, int]:
+    """The smallest ring (then the largest data scale) holding `depth` levels at 128-bit security.
+
+    `output_layer_width` (the output layer's padded max(d_in, d_out)) asks q0 for room for the single
+    layout's slot sums: the result holds S/width copies of each output's share, and the plaintext
+    scale that keeps their precision (engine.deep) multiplies the result's scale by up to that many,
+    which SEAL bounds by q0. Where 50 bits or the ring do not allow all of it, q0 takes what they do."""
     out_bits = _bits(output_bound)
     min_scale = max(MIN_SCALE_BITS, SCALE_BITS_BASE + (depth - 1) // 2)
     reasons = []
@@ -261,13 +267,17 @@ def choose_parameters(depth: int, output_bound: float, widest: int, widest_name:
         if widest > n // 2:
             reasons.append(f"N={n} has {n // 2} slots, {widest_name} needs {widest}")
             continue
+        copies_bits = _bits(n // 2 / output_layer_width) if output_layer_width else 0
         for scale in range(MAX_SCALE_BITS, min_scale - 1, -1):
-            last = scale + out_bits + OUTPUT_HEADROOM_BITS
-            if last > MAX_LAST_PRIME_BITS:
+            base = scale + out_bits + OUTPUT_HEADROOM_BITS
+            if base > MAX_LAST_PRIME_BITS:
                 continue
-            special = min(SPECIAL_PRIME_BITS, MAX_COEFF_BITS_128[n] - last - depth * scale)
-            if special >= max(last, scale) + SPECIAL_PRIME_MARGIN_BITS:
-                return CKKSParams(n, (last, *([scale] * depth), special)), scale
+            # engine.deep's headroom is bits(q0) - scale - 2; the base leaves out_bits + 1 of it.
+            roomy = min(MAX_LAST_PRIME_BITS, base + max(0, copies_bits - out_bits - 1))
+            for last in range(roomy, base - 1, -1):  # the roomiest q0 the special prime's margin allows
+                special = min(SPECIAL_PRIME_BITS, MAX_COEFF_BITS_128[n] - last - depth * scale)
+                if special >= max(last, scale) + SPECIAL_PRIME_MARGIN_BITS:
+                    return CKKSParams(n, (last, *([scale] * depth), special)), scale
         last = min_scale + out_bits + OUTPUT_HEADROOM_BITS
         special = last + SPECIAL_PRIME_MARGIN_BITS
         levels = max(0, (MAX_COEFF_BITS_128[n] - special - last) // min_scale)
@@ -316,7 +326,8 @@ def compile_network(layers: list[dict], arrays: dict[str, np.ndarray], output_bo
     wide = int(np.argmax(padded))
     wide_layer = 2 * (wide - 1)
     wide_name = "the input" if wide == 0 else f"layer {wide_layer} ({layers[wide_layer].get('source', 'dense')})"
-    params, scale = choose_parameters(depth, output_bound, max(padded), wide_name)
+    params, scale = choose_parameters(depth, output_bound, max(padded), wide_name,
+                                      output_layer_width=max(padded[-2], padded[-1]))
     slots = params.slot_count
     dense, activations = [], []
     level = 0

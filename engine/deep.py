@@ -23,7 +23,8 @@ relies on nothing the client did:
    on every coefficient but the multiples of S/d_out (the ones that sum reads), so that each
    slot alone is noise: the partial products, the copies and the key-switching and rescaling
    noise of each slot are not readable, and a client that forged its public key (see the
-   README's security notes) reads 2*d_out coefficients of the re-randomization, not N.
+   README's security notes) reads 2*d_out coefficients of the re-randomization, not N. (With
+   d_out = S, more outputs than half the slots, each slot is its own class and none is masked.)
 Every slot of every stage is thus a function of the one periodic input vector, and what a result
 lets the client read is the outputs of that vector (padding outputs sum to the rounding residue
 of zero weights).

@@ -39,7 +39,7 @@ class ServerConfig:
     redis_prefix: str = "heserve"
     key_ttl_seconds: float = 900.0  # short by default: keys are re-registered in one call
     max_body_bytes: int = 512 * 1024 * 1024  # one batch chunk of a 784-input network is ~308 MB
-    # One key set of a 3-activation network at N=16384 is 255 MiB once deserialized (digits-mlp3).
+    # One key set of a 3-activation network at N=16384 is 237 MiB once deserialized (digits-mlp3).
     key_cache_bytes: int = 768 * 1024 * 1024
     allow_plaintext: bool = True
     max_single_rows: int = 256
