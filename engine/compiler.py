@@ -134,6 +134,7 @@ class NetworkSchedule:
         """SEAL operations of one single-layout row, by level (level = primes dropped)."""
         ops: list[dict] = [
             {"op": "load_seeded_ciphertext", "count": 1, "level": 0},
+            {"op": "rerandomize", "count": 1, "level": 0},  # before any key switch (engine.levels)
             {"op": "rotate", "count": len(self.periodic_steps), "level": 0},
             {"op": "add", "count": len(self.periodic_steps), "level": 0},
         ]

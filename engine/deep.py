@@ -3,6 +3,8 @@
 Single layout. The client sends its row once: feature i in slot i, zero-padded to the input
 period d0 (a power of two) and tiled over every slot, in one seeded ciphertext. The server
 relies on nothing the client did:
+0. the server's encryption of zero is added to the input before any key switch (see
+   engine.levels.LeveledPlan._rerandomized_input: forged evaluation keys);
 1. a rotate-and-sum over the rotations by d0, 2*d0, ..., S/2 makes the input periodic
    whatever was sent: every slot then holds the sum of its residue class mod d0, and the
    first layer's weights, divided by S/d0, read the average (the row, for an honest client).
@@ -355,7 +357,7 @@ class DeepNetworkPlan(LeveledPlan):
         if len(cts) != 1:
             raise EvaluationError(f"one sample takes 1 ciphertext, got {len(cts)}")
         self.check_input(cts[0], "input ciphertext 0")
-        x = self._rotate_and_sum(cts[0], self.schedule.periodic_steps, keys.galois)
+        x = self._rotate_and_sum(self._rerandomized_input(cts[0], keys), self.schedule.periodic_steps, keys.galois)
         for number, layer in enumerate(self.dense):
             x = self._dense_single(layer, x, keys.galois)
             if number < len(self.betas):

@@ -37,6 +37,21 @@ class LeveledPlan(RowCharges):
             self.runtime.encoder.encode(float(values), self.levels[level], scale, plain)
         return plain
 
+    def _rerandomized_input(self, ct: sealapi.Ciphertext, keys) -> sealapi.Ciphertext:
+        """The input plus a fresh encryption of zero under the client's public key, before any key switch.
+
+        The server cannot tell which secret a registered Galois or relinearization key switches from.
+        One made from sigma_g(s) + D instead of sigma_g(s) adds sigma_g(c1) * D to every rotation by g:
+        with the client's own c1, a term it chooses (it undoes the periodic sum, isolates a hidden
+        unit). With the server's encryption of zero added first, every c1 a key switch sees carries
+        u * p1 for a u the client never learns, and that term is uniform noise instead."""
+        public = getattr(keys, "public", None)
+        if public is None:
+            raise EvaluationError("a network's single layout needs the client's public key")
+        out = sealapi.Ciphertext()
+        self.runtime.evaluator.add(ct, public.zero(ct.parms_id(), ct.scale), out)
+        return out
+
     def _compile_result_mask(self, level: int, period: int) -> None:
         """A "slot-sums" result at `level`: output k is the sum of its slots k (mod period)."""
         self._result_codec = CoefficientCodec(self.runtime.context, self.levels[level])

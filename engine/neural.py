@@ -7,6 +7,9 @@ key switching.
 Single layout (protocol.packing has the slot map). Whoever holds the secret key decrypts
 every slot of the result and may have encrypted anything, so the server builds every
 structure it relies on itself:
+0. each input gets the server's encryption of zero under the client's public key before any
+   key switch, so that a forged Galois or relinearization key adds noise the client cannot
+   predict instead of a term it chose (engine.levels.LeveledPlan._rerandomized_input);
 1. each input ciphertext is rotate-and-summed over the subgroup of rotations by multiples
    of its period Q (steps Q, 2Q, ..., S/2): whatever the client sent, every slot then holds
    the sum of its residue class mod Q, and the weights (scaled by Q/S) read the average of
@@ -89,6 +92,7 @@ MAX_SINGLE_CIPHERTEXTS = 64
 # with `python -m benchmarks` (op-count floors) on a 2-core machine.
 OP_COST_MS = {
     ("load_seeded_ciphertext", 0): 1.8,
+    ("rerandomize", 0): 2.5,
     ("multiply_plain", 0): 0.33,
     ("add", 0): 0.11,
     ("rotate", 0): 2.9,
@@ -110,6 +114,7 @@ def _single_ops(layout: PackedLayout, slots: int, two_layers: bool) -> list[dict
     products = layout.ciphertexts * layout.groups
     ops = [
         {"op": "load_seeded_ciphertext", "count": layout.ciphertexts, "level": 0},
+        {"op": "rerandomize", "count": layout.ciphertexts, "level": 0},  # before any key switch
         {"op": "rotate", "count": top, "level": 0},
         {"op": "multiply_plain", "count": products, "level": 0},
         {"op": "add", "count": top - rot["baby"] + products - 1, "level": 0},
@@ -468,7 +473,9 @@ class NetworkPlan(LeveledPlan):
         ev, lay = self.runtime.evaluator, self.layout
         if len(cts) != lay.ciphertexts:
             raise EvaluationError(f"one sample takes {lay.ciphertexts} ciphertexts, got {len(cts)}")
-        acc = self._layer1(cts, keys.galois)
+        for mu, ct in enumerate(cts):
+            self.check_input(ct, f"input ciphertext {mu}")
+        acc = self._layer1([self._rerandomized_input(ct, keys) for ct in cts], keys.galois)
         # The window sum before the rescale: after it, each step would add up the rescale noise
         # of twice as many slots (measured: twice the error for one step, for 25% less time).
         self._rotate_and_sum(acc, lay.window_steps(), keys.galois)

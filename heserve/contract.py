@@ -45,6 +45,7 @@ class PlanContractError(AssertionError):
 class _Keys:
     galois: sealapi.GaloisKeys | None
     relin: sealapi.RelinKeys | None
+    public: ZeroEncryptor | None = None
 
 
 def _allowed(tolerance: float, outputs: np.ndarray) -> float:
@@ -78,7 +79,7 @@ class _Owner:
         if elements:
             galois = sealapi.GaloisKeys()
             self.secret._keygen.create_galois_keys(sorted(elements), galois)
-        return _Keys(galois, self.relin)
+        return _Keys(galois, self.relin, self.public)
 
     def scale(self, layout: str) -> float:
         return 2.0 ** self.spec.layouts[layout].input_scale_bits(self.spec.input_scale_bits)

@@ -51,6 +51,7 @@ def registry():
 class Keys:
     galois: sealapi.GaloisKeys
     relin: sealapi.RelinKeys | None
+    public: ZeroEncryptor | None = None
 
 
 class Attacker:
@@ -66,7 +67,9 @@ class Attacker:
         if spec.relin_keys_needed:
             relin = sealapi.RelinKeys()
             self.secret._keygen.create_relin_keys(relin)
-        self.keys = Keys(galois, relin)
+        public = sealapi.PublicKey()
+        self.secret._keygen.create_public_key(public)
+        self.keys = Keys(galois, relin, ZeroEncryptor(plan.runtime.context, public))
         self.layout = spec.layouts[SINGLE]
         self.scale = 2.0 ** self.layout.input_scale_bits(spec.input_scale_bits)
         self.slots = self.secret.slot_count
@@ -82,9 +85,13 @@ class Attacker:
 
     def run(self, vectors: list[np.ndarray]) -> np.ndarray:
         """Every slot of the result, as complex numbers, for the server's evaluation of these inputs."""
+        return self.run_blobs([self.encrypt(vector) for vector in vectors])
+
+    def run_blobs(self, blobs: list[bytes]) -> np.ndarray:
+        """Every slot of the result for these serialized input ciphertexts, sent as they are."""
         cts = []
-        for i, vector in enumerate(vectors):
-            ct = seal_io.load(sealapi.Ciphertext, self.plan.runtime.context, self.encrypt(vector), "input")
+        for i, blob in enumerate(blobs):
+            ct = seal_io.load(sealapi.Ciphertext, self.plan.runtime.context, blob, "input")
             self.plan.check_input(ct, f"input {i}")
             cts.append(ct)
         (result,) = self.plan.evaluate_single(cts, self.keys)
@@ -385,3 +392,59 @@ def test_packing_round_trips_and_asks_only_power_of_two_rotations(registry):
         steps = lay.rotation_steps(plan.runtime.slots)
         assert steps == plan.single_steps and all(s & (s - 1) == 0 for s in steps)
         assert plan.spec().layouts[SINGLE].period == lay.period
+
+
+def _mulmod(a: np.ndarray, b: np.ndarray, moduli: list[int]) -> np.ndarray:
+    """a * b mod q, per prime (rows), exactly (Python integers: these primes pass 32 bits)."""
+    return np.array(
+        [[int(x) * int(y) % q for x, y in zip(ra, rb, strict=True)] for ra, rb, q in zip(a, b, moduli, strict=True)],
+        dtype=np.uint64,
+    )
+
+
+@pytest.mark.parametrize("rerandomized", [True, False])
+def test_a_forged_galois_key_adds_noise_the_client_cannot_steer(registry, monkeypatch, rerandomized):
+    """A Galois key for g made from sigma_g(s) + D instead of sigma_g(s) adds c1' * D to the rotation by
+    g (c1' the rotated ciphertext's second polynomial, up to the automorphism). The server cannot tell
+    such a key from an honest one. Here the forged key's effect is emulated on the first rotation of the
+    periodic sum, with D = Z / c1 for the c1 the client sent: Z is a non-periodic slot vector it wants
+    to slip past the periodic sum. Without the server's encryption of zero added to the input first,
+    the term is exactly Z, the same every run: the client steers the evaluation. With it, c1' carries
+    the server's u * p1 and the term is noise: two runs of one input disagree."""
+    served = registry.get("digits-cryptonets")
+    plan = served.plan
+    attacker = Attacker(plan)
+    moduli = plan.moduli[0]
+    vector = np.tile(np.random.default_rng(21).uniform(0, 1, attacker.layout.period), attacker.slots // 64)
+    blob = attacker.encrypt(vector)
+    sent = seal_io.load(sealapi.Ciphertext, plan.runtime.context, blob, "input")
+    c1 = plan._coefficients(sent, 0)[1]
+    inject = np.zeros(attacker.slots)
+    inject[:8] = 3.0  # in the first period only: not periodic
+    codec = plan._result_codec.__class__(plan.runtime.context, plan.levels[0])
+    z = codec.plaintext_residues(plan._encode(inject, sent.scale, 0))
+    d = _mulmod(z, np.array([[pow(int(v), q - 2, q) for v in row] for row, q in zip(c1, moduli, strict=True)],
+                            dtype=np.uint64), moduli)
+    first_step = plan.schedule.periodic_steps[0]
+    real_rotated = type(plan)._rotated
+
+    def forged_rotated(self, ct, step, galois):
+        out = real_rotated(self, ct, step, galois)
+        if step != first_step or ct.parms_id() != self.levels[0]:
+            return out
+        data = self._coefficients(out, 0)
+        term = _mulmod(self._coefficients(ct, 0)[1], d, moduli)
+        data[0] = (data[0] + term) % np.array(moduli, dtype=np.uint64)[:, None]
+        return self._ciphertext(data, 0, out.scale)
+
+    monkeypatch.setattr(type(plan), "_rotated", forged_rotated)
+    if not rerandomized:
+        monkeypatch.setattr(type(plan), "_rerandomized_input", lambda self, ct, keys: ct)
+    period = attacker.layout.result_period
+    runs = [attacker.run_blobs([blob]).real.reshape(-1, period).sum(axis=0)[: plan.n_outputs] for _ in range(2)]
+    honest = plan.plaintext(vector[: attacker.layout.period])[0]
+    if rerandomized:
+        assert np.max(np.abs(runs[0] - runs[1])) > 1e3 * OUTPUT_TOL, "the forged key's term is predictable"
+    else:  # the attack works: a steered, repeatable answer that is not the honest row's
+        assert np.max(np.abs(runs[0] - runs[1])) < OUTPUT_TOL
+        assert np.max(np.abs(runs[0] - honest)) > 100 * OUTPUT_TOL
