@@ -45,11 +45,10 @@ class LeveledPlan(RowCharges):
         with the client's own c1, a term it chooses (it undoes the periodic sum, isolates a hidden
         unit). With the server's encryption of zero added first, every c1 a key switch sees carries
         u * p1 for a u the client never learns, and that term is uniform noise instead."""
-        public = getattr(keys, "public", None)
-        if public is None:
+        if keys.public is None:
             raise EvaluationError("a network's single layout needs the client's public key")
-        out = sealapi.Ciphertext()
-        self.runtime.evaluator.add(ct, public.zero(ct.parms_id(), ct.scale), out)
+        out = sealapi.Ciphertext()  # out of place: the caller's ciphertext stays as sent
+        self.runtime.evaluator.add(ct, keys.public.zero(ct.parms_id(), ct.scale), out)
         return out
 
     def _compile_result_mask(self, level: int, period: int) -> None:

@@ -50,7 +50,7 @@ class ServerConfig:
     max_request_seconds: float = 30.0  # worker time one inference may take; past it the request gets 413
     # Threads one network batch chunk computes on: its CPU time is up to this many times its wall time.
     # 1 where a host's workers already fill its cores (workers x threads x this <= cores avoids queuing).
-    batch_threads: int = 2
+    batch_threads: int = 2  # engine.plan.DEFAULT_BATCH_THREADS (not imported: this module loads without SEAL)
     max_worker_rss_bytes: int = 3 * 1024**3  # a worker past this resident size is replaced after its request
     key_sweep_interval_seconds: float = 10.0  # expired keys' bytes are erased within this many seconds
     # Per tenant (the API key's tenant, or the client's address when there are no API keys); 0 = unlimited.

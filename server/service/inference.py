@@ -12,6 +12,7 @@ import tenseal.sealapi as sealapi
 
 from heserve.engine import seal_bounds, seal_io
 from heserve.engine.linear import EvaluationError
+from heserve.engine.plan import DEFAULT_BATCH_THREADS
 from heserve.engine.spec import BATCH, LAYOUTS, SINGLE
 from heserve.protocol import binding, v2
 from heserve.server.service.errors import BadRequest, Forbidden, PayloadTooLarge
@@ -53,7 +54,7 @@ class InferenceLimits:
     max_elements: int = 1 << 22  # tensor elements (plaintext values or ciphertexts) in one request
     max_ciphertexts: int = 1 << 15  # BYTES elements in one request
     deadline_seconds: float = 30.0  # evaluation stops and answers 413 past this (below the worker timeout)
-    batch_threads: int = 2  # threads one network batch chunk computes on
+    batch_threads: int = DEFAULT_BATCH_THREADS  # threads one network batch chunk computes on
 
     @classmethod
     def from_config(cls, config) -> InferenceLimits:
