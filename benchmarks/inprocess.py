@@ -31,7 +31,8 @@ class Session:
     served: ServedModel
     remote: RemoteModel
     key_id: str
-    eval_key_bytes: int
+    eval_key_bytes: int  # as stored by the server
+    key_upload_bytes: int = 0  # the registration body the client sent
     response_bytes: int = 0  # bytes of the serialized response(s) of the last call() or evaluate()
 
     def call(self, request: EncryptedRequest) -> tuple[float, list[bytes]]:
@@ -83,15 +84,16 @@ class InProcess:
     def __init__(self, keys_dir: Path):
         self.services = Services.build(ServerConfig.from_env(keys_dir=keys_dir, key_store="disk"))
 
-    def session(self, name: str) -> Session:
+    def session(self, name: str, rotation_keys: int | None = None) -> Session:
+        """`rotation_keys`: as Client.model's, Galois keys for at most that many rotation steps."""
         served = self.services.registry.get(name)
         if served is None:
             raise KeyError(f"no model {name!r} in {self.services.config.models_dir}")
         secret = SecretContext.generate(served.spec.ckks)
-        body, length = secret.evaluation_key_request(
-            served.spec.rotation_steps, relin_keys=served.spec.relin_keys_needed
+        remote = RemoteModel(
+            Client("http://in-process"), name, served.metadata(), secret_context=secret, rotation_keys=rotation_keys
         )
+        body, length = secret.evaluation_key_request(remote.rotation_steps, relin_keys=served.spec.relin_keys_needed)
         record = self.services.keys.register(body, length)
-        remote = RemoteModel(Client("http://in-process"), name, served.metadata(), secret_context=secret)
         remote.key_id = record.key_id
-        return Session(self.services, served, remote, record.key_id, record.size_bytes)
+        return Session(self.services, served, remote, record.key_id, record.size_bytes, len(body))

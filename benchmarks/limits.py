@@ -14,6 +14,7 @@ high-water mark, reset before each request) and the request's wall time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -23,6 +24,7 @@ import numpy as np
 import requests
 
 from heserve.client.keys import SecretContext
+from heserve.engine import rotations
 from heserve.engine.spec import EncryptionSpec
 from heserve.protocol import v2
 from heserve.server.launch import start_server
@@ -90,12 +92,45 @@ def run(out: Path) -> list[dict]:
                         pid, lambda b=body_i, n=length_i, m=name: post(f"{server.url}/v2/models/{m}/infer", b, n)
                     )
                     rows.append({"route": "POST /v2/models/{m}/infer", "case": f"{name}, {layout}: {what}", **result})
+                requests.delete(f"{server.url}/v2/keys/{key_id}", timeout=10)
+                if spec.layouts.get("single") and spec.layouts["single"].rotation_steps:
+                    # The same rows with the Galois keys whose composition costs the server most.
+                    steps = costliest_steps(spec)
+                    body, length = secret.evaluation_key_request(steps, spec.relin_keys_needed)
+                    key_id = post(server.url + "/v2/keys", body, length).json()["key_id"]
+                    message, what = _largest(spec, secret, "single", key_id, config)
+                    body_i, length_i = v2.encode(message, "inputs", binary=True)
+                    result = measure(
+                        pid, lambda b=body_i, n=length_i, m=name: post(f"{server.url}/v2/models/{m}/infer", b, n)
+                    )
+                    case = f"{name}, single: {what}, keys for steps {list(steps)} (the costliest composition)"
+                    rows.append({"route": "POST /v2/models/{m}/infer", "case": case, **result})
+                    requests.delete(f"{server.url}/v2/keys/{key_id}", timeout=10)
         finally:
             server.stop()
     out.mkdir(parents=True, exist_ok=True)
     (out / "limits.json").write_text(json.dumps(rows, indent=2))
     (out / "limits.md").write_text(markdown(rows))
     return rows
+
+
+def costliest_steps(spec: EncryptionSpec) -> tuple[int, ...]:
+    """The registrable Galois steps (3 to 6 of the model's) that make one single-layout row cost the
+    most key switches: what a client after the server's time would register."""
+    layout = spec.layouts["single"]
+    steps, slots = layout.rotation_steps, spec.ckks.slot_count
+    uses = dict(zip(layout.rotation_steps, layout.rotation_uses, strict=False))
+    worst, chosen = -1, tuple(steps)
+    for count in range(3, min(6, len(steps)) + 1):
+        for subset in itertools.combinations(steps, count):
+            try:
+                paths = rotations.routes(steps, subset, slots)
+            except rotations.RotationError:
+                continue
+            cost = sum(uses.get(s, 1) * len(p) for s, p in paths.items())
+            if cost > worst:
+                worst, chosen = cost, subset
+    return chosen
 
 
 def _largest(spec: EncryptionSpec, secret: SecretContext, layout: str, key_id: str, config: ServerConfig):

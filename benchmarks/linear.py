@@ -28,6 +28,7 @@ SPLITS = {
 }
 TENSEAL_SLOTS = 4096  # N=8192
 PLAINTEXT, BASELINE, INPROCESS, HTTP = "plaintext", "baseline", "in-process", "http"
+COMPACT = "in-process, compact keys"  # the server side with Galois keys for a few rotation steps
 SERVER_SIDE, END_TO_END = "service, server side", "service over HTTP (end to end)"
 # Progress steps of bench_model: plaintext, single-sample (interleaved), TenSEAL batch, server-side batch, HTTP batch.
 STEPS = 5

@@ -22,14 +22,15 @@ import torch
 from heserve.client import Client
 from heserve.client.keys import SecretContext
 from heserve.client.postprocess import preprocess
-from heserve.engine import seal_io
+from heserve.engine import rotations, seal_io
 from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.zero_encryption import ZeroEncryptor
 from heserve.models.nets import digits_split, mnist_size_split
 
-from .inprocess import InProcess
+from .inprocess import InProcess, Session
 from .linear import (
     BASELINE,
+    COMPACT,
     END_TO_END,
     HTTP,
     INPROCESS,
@@ -49,6 +50,10 @@ SPLITS = {
     "digits-cryptonets": digits_split,
     "digits-mlp3": digits_split,
 }
+
+# Galois keys for this many rotation steps (or the fewest above it that compose every step): a second
+# server-side single-layout row, what a client on a slow link registers (engine.rotations).
+COMPACT_ROTATION_KEYS = 4
 
 Dense = tuple[np.ndarray, np.ndarray]  # (weights (n_out, n_in), bias (n_out,))
 
@@ -340,6 +345,16 @@ def bench_network(
     single_requests = [remote.encrypt(x_test[i % rows : i % rows + 1], "single")[0] for i in range(samples)]
     session.call(single_requests[0])
     single_download = session.response_bytes
+    # The same rows with Galois keys for only a few steps (the server composes the others).
+    compact = _compact_session(engine, name, plan)
+    compact_requests = (
+        [compact.remote.encrypt(x_test[i % rows : i % rows + 1], "single")[0] for i in range(samples)]
+        if compact
+        else []
+    )
+    if compact:
+        compact.call(compact_requests[0])
+    compact_server, compact_got = [], []
     naive_times, naive_got, naive_download, single_server, server_got = [], [], 0, [], []
     rounds = max(1, naive_samples)
     per_round = max(1, len(single_requests) // rounds)
@@ -358,6 +373,10 @@ def bench_network(
             elapsed, blobs = session.call(request)
             single_server.append(elapsed)
             server_got.append(remote.decrypt(request, blobs))
+        for request in compact_requests[i * per_round : (i + 1) * per_round if i + 1 < rounds else None]:
+            elapsed, blobs = compact.call(request)
+            compact_server.append(elapsed)
+            compact_got.append(compact.remote.decrypt(request, blobs))
     if naive_samples:
         row(
             naive_label(plan),
@@ -378,12 +397,30 @@ def bench_network(
         "single",
         summary(np.array(single_server)),
         eval_key_bytes=session.eval_key_bytes,
-        eval_keys="seeded Galois keys for the plan's rotation steps and relinearization keys",
+        eval_keys="Galois keys for the plan's rotation steps and relinearization keys, as stored",
+        key_upload_bytes=session.key_upload_bytes,
         upload_bytes_per_row=single_requests[0].nbytes,
         download_bytes_per_row=single_download,
         **agreement(np.concatenate(server_got), net.predict(net.tiled(len(server_got))), pp),
     )
-    del single_requests
+    if compact:
+        count = len(compact.remote.rotation_steps)
+        row(
+            f"{SERVER_SIDE}, {count} rotation keys",
+            COMPACT,
+            "single",
+            summary(np.array(compact_server)),
+            eval_key_bytes=compact.eval_key_bytes,
+            eval_keys=f"Galois keys for steps {list(compact.remote.rotation_steps)} and relinearization keys, "
+            "as stored (the server composes the other steps)",
+            key_upload_bytes=compact.key_upload_bytes,
+            rotation_keys=count,
+            upload_bytes_per_row=compact_requests[0].nbytes,
+            download_bytes_per_row=single_download,
+            **agreement(np.concatenate(compact_got), net.predict(net.tiled(len(compact_got))), pp),
+        )
+        compact.close()
+    del single_requests, compact_requests
 
     tick(f"{name}: tenseal batch")
     batch_note = None
@@ -484,6 +521,19 @@ def bench_network(
         )
         http.delete_key()
     return results
+
+
+def _compact_session(engine: InProcess, name: str, plan) -> Session | None:
+    """A session registering Galois keys for the fewest steps (from COMPACT_ROTATION_KEYS up) that compose
+    every step of the plan; None when the plan has no more steps than that."""
+    steps = plan.single_steps
+    for count in range(COMPACT_ROTATION_KEYS, len(steps)):
+        try:
+            rotations.compact_steps(steps, plan.runtime.slots, count)
+        except rotations.RotationError:
+            continue
+        return engine.session(name, rotation_keys=count)
+    return None
 
 
 def _parameters_label(context: ts.Context) -> str:

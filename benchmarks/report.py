@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .linear import BASELINE, END_TO_END, HTTP, INPROCESS, PLAINTEXT
+from .linear import BASELINE, COMPACT, END_TO_END, HTTP, INPROCESS, PLAINTEXT
 from .link import LINK_BITS_PER_S, LINK_LABEL, RTT_S, link_seconds
 
 ROLES = (PLAINTEXT, BASELINE, INPROCESS, HTTP)
@@ -35,7 +35,7 @@ def derive(rows: list[dict]) -> None:
         plain = find(rows, r["model"], PLAINTEXT, r["layout"])
         if plain:
             r["slowdown_vs_plaintext"] = plain["rows_per_s"] / r["rows_per_s"]
-        if r["role"] in (INPROCESS, HTTP):
+        if r["role"] in (INPROCESS, COMPACT, HTTP):
             base = find(rows, r["model"], BASELINE, r["layout"]) or find(rows, r["model"], BASELINE, "single")
             if base:
                 r["speedup_vs_baseline"] = r["rows_per_s"] / base["rows_per_s"]
@@ -89,6 +89,7 @@ def ratio(value: float | None) -> str:
 
 LINK_COLUMN = f"e2e at {LINK_LABEL} (ms)"
 FLOOR_TARGET = 1.5  # server time within this many times the op-count floor
+KEYS_TARGET = 4_000_000  # evaluation keys a network's client uploads, in bytes
 
 
 def table(rows: list[dict], floor: bool = False) -> str:
@@ -194,6 +195,17 @@ def network_ratios(rows: list[dict], floors: dict) -> list[str]:
         if naive:
             keys = single["eval_key_bytes"] / naive["eval_key_bytes"]
             parts.append(f"evaluation keys {keys:.2f}x TenSEAL's default Galois keys")
+        compact = find(rows, model, COMPACT, "single")
+        if single and single.get("key_upload_bytes"):
+            keys_line = f"evaluation keys uploaded {single['key_upload_bytes'] / 1e6:.2f} MB with every rotation key"
+            if compact:
+                small = compact["key_upload_bytes"]
+                keys_line += (
+                    f", {small / 1e6:.2f} MB with {compact['rotation_keys']} (target <= {KEYS_TARGET / 1e6:.0f} MB: "
+                    f"{verdict(small <= KEYS_TARGET)}) for {compact['median_ms'] / single['median_ms']:.2f}x the "
+                    "single-sample server time"
+                )
+            parts.append(keys_line)
         if model in floors:
             shares = [
                 f"{r['layout']} {r['floor_ratio']:.2f}x ({r['floor_ms']:,.1f} ms)"
@@ -225,7 +237,12 @@ def network_ratios(rows: list[dict], floors: dict) -> list[str]:
 def agreement_lines(rows: list[dict]) -> list[str]:
     """The worst agreement of each kind of workload: what a reader checks first."""
     out = []
-    for role, label in ((INPROCESS, "service, server side"), (HTTP, END_TO_END), (BASELINE, "TenSEAL naive")):
+    for role, label in (
+        (INPROCESS, "service, server side"),
+        (COMPACT, "service, server side with compact rotation keys"),
+        (HTTP, END_TO_END),
+        (BASELINE, "TenSEAL naive"),
+    ):
         measured = [r for r in rows if r["role"] == role and "agreement" in r]
         if not measured:
             continue

@@ -35,6 +35,7 @@ from heserve.client.errors import (
 from heserve.client.keys import SecretContext
 from heserve.client.ranges import InputRanges, InputRangeWarning
 from heserve.client.transport import ConnectionBroken, HTTPTransport, Response, Transport
+from heserve.engine import rotations
 from heserve.engine.spec import BATCH, COEFFICIENTS, SINGLE, EncryptionSpec, SpecError
 from heserve.protocol import v2
 
@@ -131,10 +132,19 @@ class Client:
         return self._json("GET", f"/v2/models/{name}")
 
     def model(
-        self, name: str, key_file: str | os.PathLike | None = None, secret_context: SecretContext | None = None
+        self,
+        name: str,
+        key_file: str | os.PathLike | None = None,
+        secret_context: SecretContext | None = None,
+        rotation_keys: int | None = None,
     ) -> RemoteModel:
-        """A remote model. `key_file`: load the secret key from there if it exists, else create and save it."""
-        return RemoteModel(self, name, self.model_metadata(name), key_file, secret_context)
+        """A remote model. `key_file`: load the secret key from there if it exists, else create and save it.
+
+        `rotation_keys`: register Galois keys for at most this many of the model's rotation steps (the
+        server composes the others from them): fewer bytes to upload and store, more server time per
+        single-layout request. None registers every step: the fastest evaluation.
+        """
+        return RemoteModel(self, name, self.model_metadata(name), key_file, secret_context, rotation_keys)
 
     # --- keys ------------------------------------------------------------------------------
     def register_keys(
@@ -249,6 +259,7 @@ class RemoteModel:
         metadata: dict,
         key_file: str | os.PathLike | None = None,
         secret_context: SecretContext | None = None,
+        rotation_keys: int | None = None,
     ):
         self.client = client
         self.name = name
@@ -269,6 +280,7 @@ class RemoteModel:
         self._key_file = key_file
         self._secret = secret_context
         self.key_id: str | None = None
+        self.rotation_steps = self._registered_steps(rotation_keys)
 
     # --- keys ------------------------------------------------------------------------------
     @property
@@ -287,12 +299,23 @@ class RemoteModel:
             )
         return self._secret
 
+    def _registered_steps(self, rotation_keys: int | None) -> tuple[int, ...]:
+        """The rotation steps whose Galois keys `register` uploads."""
+        steps = tuple(self.spec.rotation_steps)
+        if rotation_keys is None or not steps:
+            return steps
+        if isinstance(rotation_keys, bool) or not isinstance(rotation_keys, int):
+            raise InputError(f"rotation_keys must be an int or None, got {rotation_keys!r}")
+        try:
+            slots = self.spec.ckks.poly_modulus_degree // 2
+            return rotations.compact_steps(steps, slots, rotation_keys, self.spec.rotation_uses)
+        except rotations.RotationError as exc:
+            raise InputError(f"model {self.name!r}: rotation_keys={rotation_keys}: {exc}") from None
+
     def register(self) -> str:
         """Register this model's evaluation keys once; returns the server's key id."""
         if self.key_id is None:
-            record = self.client.register_keys(
-                self.secret_context, self.spec.rotation_steps, self.spec.relin_keys_needed
-            )
+            record = self.client.register_keys(self.secret_context, self.rotation_steps, self.spec.relin_keys_needed)
             self.key_id = record["key_id"]
         return self.key_id
 

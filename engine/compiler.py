@@ -21,6 +21,7 @@ What does not fit is refused with the layer and the reason (CompileError).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,6 +99,13 @@ class DenseSchedule:
     def rotation_steps(self) -> set[int]:
         return set(self.baby_steps()) | set(self.giant_steps()) | set(self.sum_steps())
 
+    def rotation_uses(self) -> Counter[int]:
+        """How many times one sample rotates by each step in this layer (engine.deep._dense_single)."""
+        uses = Counter(k & -k for k in range(1, self.baby))
+        uses.update({self.baby: self.giant - 1} if self.giant > 1 else {})
+        uses.update(self.sum_steps())
+        return uses
+
     def rotations(self) -> int:
         return (self.baby - 1) + (self.giant - 1) + len(self.sum_steps())
 
@@ -117,6 +125,13 @@ class NetworkSchedule:
     @property
     def slots(self) -> int:
         return self.params.slot_count
+
+    def rotation_uses(self) -> Counter[int]:
+        """How many times one single-layout sample rotates by each step."""
+        uses = Counter(self.periodic_steps)
+        for layer in self.dense:
+            uses.update(layer.rotation_uses())
+        return uses
 
     @property
     def rotation_steps(self) -> tuple[int, ...]:

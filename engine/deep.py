@@ -66,6 +66,7 @@ from heserve.engine.linear import EvaluationError, SealRuntime
 from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.params import galois_element
 from heserve.engine.plan import DEFAULT_BATCH_THREADS
+from heserve.engine.rotations import Rotator
 from heserve.engine.spec import BATCH, SINGLE, SLOT_SUMS, EncryptionSpec, LayoutSpec
 
 # Units per task of a deferred activation (a block's rows, ~1 MB per prime, stay in cache).
@@ -256,6 +257,7 @@ class DeepNetworkPlan(LeveledPlan):
                     SINGLE,
                     capacity=1,
                     rotation_steps=self.single_steps,
+                    rotation_uses=tuple(sched.rotation_uses()[s] for s in self.single_steps),
                     period=sched.input_period,
                     method="periodic-diagonal-bsgs",
                     # The PackedLayout form the SDK already packs: one ciphertext, period d0.
@@ -312,24 +314,24 @@ class DeepNetworkPlan(LeveledPlan):
     def check_input(self, ct: sealapi.Ciphertext, what: str, layout: str | None = SINGLE) -> None:
         self._check_fresh(ct, what, self.input_scale, self.input_scale_bits)
 
-    def _rotate_and_sum(self, ct: sealapi.Ciphertext, steps, galois) -> sealapi.Ciphertext:
+    def _rotate_and_sum(self, ct: sealapi.Ciphertext, steps, rotator: Rotator) -> sealapi.Ciphertext:
         ev = self.runtime.evaluator
         for step in steps:
             summed = sealapi.Ciphertext()  # out of place: the caller's ciphertext stays as sent
-            ev.add(ct, self._rotated(ct, step, galois), summed)
+            ev.add(ct, rotator.rotated(ct, step), summed)
             ct = summed
         return ct
 
-    def _dense_single(self, layer: _Dense, x: sealapi.Ciphertext, galois) -> sealapi.Ciphertext:
+    def _dense_single(self, layer: _Dense, x: sealapi.Ciphertext, rotator: Rotator) -> sealapi.Ciphertext:
         ev, s = self.runtime.evaluator, layer.schedule
         babies = [x]
         for k in range(1, s.baby):
             low = k & -k
-            babies.append(self._rotated(babies[k - low], low, galois))
+            babies.append(rotator.rotated(babies[k - low], low))
         acc = None
         for g in reversed(range(s.giant)):
             if acc is not None:
-                acc = self._rotated(acc, s.baby, galois)
+                acc = rotator.rotated(acc, s.baby)
             for k, plain in enumerate(layer.single[g]):
                 if plain is None:
                     continue
@@ -340,7 +342,7 @@ class DeepNetworkPlan(LeveledPlan):
                 else:
                     ev.add_inplace(acc, term)
         ev.rescale_to_next_inplace(acc)
-        acc = self._rotate_and_sum(acc, s.sum_steps(), galois)
+        acc = self._rotate_and_sum(acc, s.sum_steps(), rotator)
         ev.add_plain_inplace(acc, layer.single_bias)
         return acc
 
@@ -357,9 +359,10 @@ class DeepNetworkPlan(LeveledPlan):
         if len(cts) != 1:
             raise EvaluationError(f"one sample takes 1 ciphertext, got {len(cts)}")
         self.check_input(cts[0], "input ciphertext 0")
-        x = self._rotate_and_sum(self._rerandomized_input(cts[0], keys), self.schedule.periodic_steps, keys.galois)
+        rotator = self._rotator(keys)
+        x = self._rotate_and_sum(self._rerandomized_input(cts[0], keys), self.schedule.periodic_steps, rotator)
         for number, layer in enumerate(self.dense):
-            x = self._dense_single(layer, x, keys.galois)
+            x = self._dense_single(layer, x, rotator)
             if number < len(self.betas):
                 x = self._activation(x, layer.single_beta, keys.relin)
         self.runtime.evaluator.add_plain_inplace(x, self._output_mask(x.scale))

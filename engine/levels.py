@@ -12,6 +12,7 @@ from heserve.engine import seal_io, seal_memory, seal_raw
 from heserve.engine.coefficients import CoefficientCodec, uniform_mod
 from heserve.engine.linear import EvaluationError, RowCharges, SealRuntime
 from heserve.engine.packing import slot_sum_lattice
+from heserve.engine.rotations import MAX_HOPS, Rotator
 
 
 class LeveledPlan(RowCharges):
@@ -20,6 +21,7 @@ class LeveledPlan(RowCharges):
     runtime: SealRuntime
     levels: list  # parms_id of every data level, top first (level = primes dropped)
     moduli: list[list[int]]  # the primes of every level
+    single_steps: tuple[int, ...]  # the rotation steps of the single layout
 
     def _read_levels(self) -> None:
         data = self.runtime.context.first_context_data()
@@ -86,10 +88,14 @@ class LeveledPlan(RowCharges):
             raise AssertionError(f"an intermediate ciphertext has shape {data.shape} at level {level}")
         return data
 
-    def _rotated(self, ct: sealapi.Ciphertext, step: int, galois) -> sealapi.Ciphertext:
-        out = sealapi.Ciphertext()
-        self.runtime.evaluator.rotate_vector(ct, step, galois, out)
-        return out
+    def _rotator(self, keys) -> Rotator:
+        """Rotations by every step of the single layout, composed from the client's registered keys.
+
+        Where `keys` sets them: `rotation_hops` lowers how many registered rotations may compose one
+        step, and `rotation_log` (a list) receives every step rotated by."""
+        hops = min(MAX_HOPS, getattr(keys, "rotation_hops", MAX_HOPS))
+        log = getattr(keys, "rotation_log", None)
+        return Rotator(self.runtime.evaluator, keys.galois, self.single_steps, self.runtime.slots, hops, log)
 
     def _check_fresh(self, ct: sealapi.Ciphertext, what: str, scale: float, scale_bits: int) -> None:
         """A single-layout input: fresh (two polynomials, NTT form), top level, the layout's scale."""

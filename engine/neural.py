@@ -71,6 +71,7 @@ from heserve.engine.modmath import ModularDense, mulmod_vector
 from heserve.engine.packing import PackedLayout
 from heserve.engine.params import CKKSParams, galois_element
 from heserve.engine.plan import DEFAULT_BATCH_THREADS
+from heserve.engine.rotations import Rotator
 from heserve.engine.spec import BATCH, SINGLE, SLOT_SUMS, EncryptionSpec, LayoutSpec
 
 NETWORK_PARAMS = CKKSParams(8192, (45, 45, 45, 60))
@@ -342,6 +343,7 @@ class NetworkPlan(LeveledPlan):
                     SINGLE,
                     capacity=1,
                     rotation_steps=self.single_steps,
+                    rotation_uses=tuple(self.layout.rotation_uses(slots)[s] for s in self.single_steps),
                     period=self.layout.period,
                     method="periodic-packed",
                     packing=self.layout.to_json(),
@@ -424,14 +426,11 @@ class NetworkPlan(LeveledPlan):
         """
         self._check_fresh(ct, what, self.single_input_scale, self.single_input_bits)
 
-    def _rotate_and_sum(self, acc: sealapi.Ciphertext, steps, galois) -> None:
-        ev = self.runtime.evaluator
+    def _rotate_and_sum(self, acc: sealapi.Ciphertext, steps, rotator: Rotator) -> None:
         for step in steps:
-            rotated = sealapi.Ciphertext()
-            ev.rotate_vector(acc, step, galois, rotated)
-            ev.add_inplace(acc, rotated)
+            self.runtime.evaluator.add_inplace(acc, rotator.rotated(acc, step))
 
-    def _layer1(self, cts: list[sealapi.Ciphertext], galois) -> sealapi.Ciphertext:
+    def _layer1(self, cts: list[sealapi.Ciphertext], rotator: Rotator) -> sealapi.Ciphertext:
         """Steps 1-2 of the module docstring, up to the window sum: T at level 0."""
         ev, lay = self.runtime.evaluator, self.layout
         babies = []
@@ -439,12 +438,12 @@ class NetworkPlan(LeveledPlan):
             periodic = ct
             for step in lay.periodic_steps(self.runtime.slots):
                 summed = sealapi.Ciphertext()  # out of place: the caller's ciphertext stays as sent
-                ev.add(periodic, self._rotated(periodic, step, galois), summed)
+                ev.add(periodic, rotator.rotated(periodic, step), summed)
                 periodic = summed
             copies = [periodic]
             for j in range(1, lay.baby):
                 low = j & -j
-                copies.append(self._rotated(copies[j - low], low * lay.window, galois))
+                copies.append(rotator.rotated(copies[j - low], low * lay.window))
             babies.append(copies)
         # Horner over the giant steps: acc = A_0 + rot(A_1 + rot(A_2 + ..., g), g) with
         # A_j2 = sum over ciphertexts and baby steps of (baby copy) * W1 plaintext (j1, j2).
@@ -452,7 +451,7 @@ class NetworkPlan(LeveledPlan):
         acc = None
         for j2 in reversed(range(lay.giant)):
             if acc is not None:
-                acc = self._rotated(acc, giant_step, galois)
+                acc = rotator.rotated(acc, giant_step)
             for mu, copies in enumerate(babies):
                 for j1, copy in enumerate(copies):
                     plain = self._single_w1[mu][j1][j2]
@@ -474,10 +473,11 @@ class NetworkPlan(LeveledPlan):
             raise EvaluationError(f"one sample takes {lay.ciphertexts} ciphertexts, got {len(cts)}")
         for mu, ct in enumerate(cts):
             self.check_input(ct, f"input ciphertext {mu}")
-        acc = self._layer1([self._rerandomized_input(ct, keys) for ct in cts], keys.galois)
+        rotator = self._rotator(keys)
+        acc = self._layer1([self._rerandomized_input(ct, keys) for ct in cts], rotator)
         # The window sum before the rescale: after it, each step would add up the rescale noise
         # of twice as many slots (measured: twice the error for one step, for 25% less time).
-        self._rotate_and_sum(acc, lay.window_steps(), keys.galois)
+        self._rotate_and_sum(acc, lay.window_steps(), rotator)
         ev.rescale_to_next_inplace(acc)  # z at 2^26 (two layers): the square then fits two primes
         ev.add_plain_inplace(acc, self._single_b1)
         if self.two_layers:

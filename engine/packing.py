@@ -26,6 +26,7 @@ last P - 1 slots of each copy mix two hidden units; layer 2 gives them zero weig
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,18 @@ class PackedLayout:
             raise ValueError(f"inconsistent packing: {self.to_json()}")
         if self.out_period > self.copy_slots(slots) or self.window > self.copy_slots(slots):
             raise ValueError(f"packing does not fit {slots} slots: {self.to_json()}")
+
+    def rotation_uses(self, slots: int) -> Counter[int]:
+        """How many times one sample rotates by each step (engine.neural's single layout)."""
+        uses: Counter[int] = Counter()
+        for _ in range(self.ciphertexts):
+            uses.update(self.periodic_steps(slots))
+            uses.update(lowest_bit(j) * self.window for j in range(1, self.baby))
+        giant = self.giant_step()
+        if giant:
+            uses[giant] += self.giant - 1
+        uses.update(self.window_steps())
+        return uses
 
     def rotations(self, slots: int) -> dict[str, int]:
         """How many rotations one sample costs, by stage (for plans and cost estimates)."""

@@ -29,6 +29,7 @@ class Plan(Protocol):
     single_rows_charged: int  # rows a tenant is charged per single-layout row
     batch_rows_charged: int  # rows a tenant is charged per batch chunk
     batch_reads_coefficients: bool  # batch inputs are read as raw coefficients (parse_batch_input)
+    single_steps: tuple[int, ...]  # the single layout's rotation steps (engine.rotations composes missing ones)
 
     def spec(self) -> EncryptionSpec:
         """What a client must encrypt: parameters, scales, layouts, rotation steps."""

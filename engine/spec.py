@@ -44,6 +44,9 @@ class LayoutSpec:
     name: str
     capacity: int
     rotation_steps: tuple[int, ...] = ()
+    # Rotations one row takes by each step, aligned with rotation_steps: what a client weighs when
+    # it registers keys for only some steps (engine.rotations.compact_steps).
+    rotation_uses: tuple[int, ...] = ()
     period: int = 0
     method: str = ""
     packing: dict | None = None  # networks' single layout: see protocol.packing.PackedLayout
@@ -71,6 +74,8 @@ class LayoutSpec:
             "galois_elements": [galois_element(s, params.poly_modulus_degree) for s in self.rotation_steps],
             "galois_keys_needed": bool(self.rotation_steps),
         }
+        if self.rotation_uses:
+            data["rotation_uses"] = list(self.rotation_uses)
         if self.period:
             data["period"] = self.period
         if self.method:
@@ -110,6 +115,15 @@ class EncryptionSpec:
             steps.update(layout.rotation_steps)
         return tuple(sorted(steps))
 
+    @property
+    def rotation_uses(self) -> dict[int, int]:
+        """Rotations per row by each step, over the layouts that publish them."""
+        uses: dict[int, int] = {}
+        for layout in self.layouts.values():
+            for step, count in zip(layout.rotation_steps, layout.rotation_uses, strict=False):
+                uses[step] = uses.get(step, 0) + count
+        return uses
+
     def to_json(self) -> dict:
         return {
             "scheme": "CKKS",
@@ -138,6 +152,7 @@ class EncryptionSpec:
                     name=name,
                     capacity=int(entry["capacity"]),
                     rotation_steps=tuple(int(s) for s in entry.get("rotation_steps", [])),
+                    rotation_uses=tuple(int(u) for u in entry.get("rotation_uses", [])),
                     period=int(entry.get("period", 0)),
                     method=str(entry.get("method", "")),
                     packing=dict(entry["packing"]) if entry.get("packing") else None,
@@ -150,6 +165,9 @@ class EncryptionSpec:
                     result_period=int(entry.get("result_period", 0)),
                 )
                 _check_result_period(layouts[name], ckks)
+                layout = layouts[name]
+                if layout.rotation_uses and len(layout.rotation_uses) != len(layout.rotation_steps):
+                    raise SpecError(f"layout {name!r}: rotation_uses does not match rotation_steps")
             if not layouts:
                 raise SpecError("the model offers no layout this SDK understands")
             return cls(

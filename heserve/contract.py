@@ -16,6 +16,7 @@ For a compiled plan (heserve.engine.plan.Plan) and real SEAL keys made here, it 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,9 @@ class _Keys:
     galois: sealapi.GaloisKeys | None
     relin: sealapi.RelinKeys | None
     public: ZeroEncryptor | None = None
+    # Rotations only by registered steps: with composition a missing key would go unnoticed.
+    rotation_hops: int = 1
+    rotation_log: list[int] | None = None
 
 
 def _allowed(tolerance: float, outputs: np.ndarray) -> float:
@@ -146,7 +150,14 @@ def _check_rotations(plan: Plan, owner: _Owner, row: np.ndarray) -> _Keys:
     _require(not plan.required_galois_elements(BATCH), "the batch layout rotates")
     _require(not owner.spec.layouts[BATCH].rotation_steps, "the batch layout publishes rotations")
     keys = owner.keys(used)
+    keys.rotation_log = []
     owner.evaluate_single(owner.single_inputs(owner.honest_single(row)), keys)  # runs with exactly these
+    layout = owner.spec.layouts[SINGLE]
+    if layout.rotation_uses or keys.rotation_log:
+        counted = Counter(keys.rotation_log)
+        published = dict(zip(layout.rotation_steps, layout.rotation_uses, strict=False))
+        _require(counted == published, f"the spec publishes rotations {published} per row, evaluation made {counted}")
+    keys.rotation_log = None
     for element in used:
         fewer = owner.keys([e for e in used if e != element])
         try:

@@ -216,6 +216,24 @@ def test_predict_with_a_network_over_images(server, cli_env, tmp_path):
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-6)
 
 
+def test_predict_with_compact_rotation_keys(server, cli_env, tmp_path):
+    """--rotation-keys 4: the single layout with Galois keys for 4 steps gives the model's labels;
+    3 cannot compose digits-mlp's steps and is refused before anything is sent."""
+    _, x_test, _, _ = digits_split()
+    x = x_test[:3]
+    names = manifest("digits-mlp")["input_names"]
+    source = str(write_csv(tmp_path / "digits.csv", names, x.tolist()))
+    common = ["--server", server.url, "--model", "digits-mlp", "--input", source, "--output", "-", "--layout", "single"]
+    result = run_cli(cli_env, "predict", *common, "--rotation-keys", "4", "--key-file", str(tmp_path / "c.key"))
+    assert result.returncode == 0, result.stderr
+    lines = list(csv.reader(result.stdout.splitlines()))
+    expected = plaintext_scores("digits-mlp", x).argmax(axis=1)
+    assert np.array_equal(column(lines[0], lines[1:], "prediction", int), expected)
+    refused = run_cli(cli_env, "predict", *common, "--rotation-keys", "3", "--key-file", str(tmp_path / "d.key"))
+    assert refused.returncode != 0 and "rotation_keys=3" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_progress_bar_on_a_terminal(server, cli_env, tmp_path):
     """stderr on a terminal (a pseudo-terminal here): tqdm draws its bar there; stdout stays clean."""
     _, x_dia, _, _ = diabetes_split()

@@ -26,6 +26,7 @@ from heserve.engine import seal_io
 from heserve.engine.linear import LinearPlan
 from heserve.engine.neural import NETWORK_PARAMS, NetworkPlan
 from heserve.engine.packing import PackedLayout
+from heserve.engine.rotations import Rotator
 from heserve.engine.spec import SINGLE
 from heserve.engine.zero_encryption import ZeroEncryptor
 from heserve.models.nets import digits_split, mnist_size_split
@@ -426,18 +427,18 @@ def test_a_forged_galois_key_adds_noise_the_client_cannot_steer(registry, monkey
     d = _mulmod(z, np.array([[pow(int(v), q - 2, q) for v in row] for row, q in zip(c1, moduli, strict=True)],
                             dtype=np.uint64), moduli)
     first_step = plan.schedule.periodic_steps[0]
-    real_rotated = type(plan)._rotated
+    real_rotated = Rotator.rotated
 
-    def forged_rotated(self, ct, step, galois):
-        out = real_rotated(self, ct, step, galois)
-        if step != first_step or ct.parms_id() != self.levels[0]:
+    def forged_rotated(self, ct, step):
+        out = real_rotated(self, ct, step)
+        if step != first_step or ct.parms_id() != plan.levels[0]:
             return out
-        data = self._coefficients(out, 0)
-        term = _mulmod(self._coefficients(ct, 0)[1], d, moduli)
+        data = plan._coefficients(out, 0)
+        term = _mulmod(plan._coefficients(ct, 0)[1], d, moduli)
         data[0] = (data[0] + term) % np.array(moduli, dtype=np.uint64)[:, None]
-        return self._ciphertext(data, 0, out.scale)
+        return plan._ciphertext(data, 0, out.scale)
 
-    monkeypatch.setattr(type(plan), "_rotated", forged_rotated)
+    monkeypatch.setattr(Rotator, "rotated", forged_rotated)
     if not rerandomized:
         monkeypatch.setattr(type(plan), "_rerandomized_input", lambda self, ct, keys: ct)
     period = attacker.layout.result_period

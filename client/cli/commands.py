@@ -105,10 +105,10 @@ def erase_recorded(client: Client, model: str, records: KeyIdRecords, args: argp
 
 
 # --- predict -----------------------------------------------------------------------------------
-def open_model(client: Client, name: str, key_file: Path) -> RemoteModel:
+def open_model(client: Client, name: str, key_file: Path, rotation_keys: int | None = None) -> RemoteModel:
     """The served model `name`; an unknown name is a CLIError listing the served models."""
     try:
-        return client.model(name, key_file=key_file)
+        return client.model(name, key_file=key_file, rotation_keys=rotation_keys)
     except NotFoundError:
         try:
             served = [m.get("name", "?") for m in client.models()]
@@ -160,7 +160,7 @@ def run_predict(args: argparse.Namespace) -> int:
     table = read_table(args.input, args.delimiter)  # local checks first: nothing is sent for a bad file
     key_file, is_default = key_path_for(name, args.key_file)
     with open_client(args) as client:
-        model = open_model(client, name, key_file)
+        model = open_model(client, name, key_file, args.rotation_keys)
         if args.proba and not is_classifier(model):
             task = task_of(model.metadata)
             raise CLIError(f"model {name!r} is a {task}: it has no class probabilities (drop --proba)")

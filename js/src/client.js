@@ -24,6 +24,7 @@ import { packBatch, packSingle } from './encoding.js'
 import { SecretContext } from './keys.js'
 import { labels, preprocess, probabilities } from './postprocess.js'
 import { InputRanges } from './ranges.js'
+import { compactSteps } from './rotations.js'
 import { loadSeal } from './seal.js'
 import { BATCH, COEFFICIENTS, SINGLE, SLOT_SUMS, inputScale, paramsKey, parseSpec } from './spec.js'
 import { IndexedDBStorage, MemoryStorage } from './storage.js'
@@ -50,6 +51,8 @@ export const KEY_REUSE_MARGIN_MS = 120_000 // a recorded key that expires sooner
  *   as SEAL and the Python SDK: ~20% smaller, ~2 s more CPU for the largest keys)
  * @property {(message: string) => void} [onWarning] input-range warnings (default console.warn); once per model
  * @property {import('./seal.js').Seal} [seal] an already loaded node-seal module
+ * @property {number} [rotationKeys] register Galois keys for at most this many of a model's rotation steps; the
+ *   server composes the others (fewer bytes to upload and store, more server time per single row). Default: all.
  */
 
 /**
@@ -159,6 +162,10 @@ export class Client {
     this.timeoutMs = options.timeoutMs ?? 60_000
     this.unavailableWaitMs = options.unavailableWaitMs ?? 10_000
     this.keyCompression = options.keyCompression ?? 'zstd'
+    this.rotationKeys = options.rotationKeys ?? null
+    if (this.rotationKeys !== null && (!Number.isInteger(this.rotationKeys) || this.rotationKeys < 1)) {
+      throw new InputError(`rotationKeys must be a positive integer, got ${JSON.stringify(options.rotationKeys)}`)
+    }
     const f = options.fetch ?? globalThis.fetch
     if (!f) throw new TypeError('no fetch available: pass options.fetch')
     /** @type {typeof fetch} */
@@ -627,7 +634,14 @@ export class RemoteModel {
    * @param {{stale?: string, run?: RunReport, onProgress?: (p: Progress) => void}} [options]
    */
   async register(options = {}) {
-    return this.client.ensureKeys(await this.secretContext(), this.spec.rotationSteps, this.spec.relinKeysNeeded, options)
+    return this.client.ensureKeys(await this.secretContext(), this.rotationSteps(), this.spec.relinKeysNeeded, options)
+  }
+
+  /** The rotation steps whose Galois keys `register` uploads: all, or the client's `rotationKeys` of them. */
+  rotationSteps() {
+    const steps = this.spec.rotationSteps
+    if (this.client.rotationKeys === null || !steps.length) return steps
+    return compactSteps(steps, this.spec.ckks.poly_modulus_degree / 2, this.client.rotationKeys, this.spec.rotationUses)
   }
 
   /**

@@ -40,6 +40,7 @@ export const MAX_COEFF_BITS_128 = { 1024: 27, 2048: 54, 4096: 109, 8192: 218, 16
  * @property {'single' | 'batch'} name
  * @property {number} capacity rows per ciphertext (batch) or 1 (single)
  * @property {number[]} rotationSteps
+ * @property {number[]} rotationUses rotations one row takes by each step (aligned with rotationSteps; empty: not published)
  * @property {number[]} galoisElements
  * @property {number} period features per period of a slot-encoded single row (0: none given)
  * @property {string} method
@@ -63,6 +64,7 @@ export const MAX_COEFF_BITS_128 = { 1024: 27, 2048: 54, 4096: 109, 8192: 218, 16
  * @property {Record<string, LayoutSpec>} layouts the layouts this SDK understands, by name
  * @property {boolean} relinKeysNeeded
  * @property {number[]} rotationSteps every step of every layout: the Galois keys to register
+ * @property {Record<number, number>} rotationUses rotations per row by each step, where published
  * @property {number[] | null} dataPrimes the data primes the server's plan names, when it names them (as JSON
  *   numbers: exact below 2^53, rounded above)
  * @property {Record<string, unknown>} raw the spec as published
@@ -127,6 +129,10 @@ function parseLayout(name, entry, n) {
   }
   const rotationSteps = (entry.rotation_steps ?? []).map((/** @type {unknown} */ s) => int(s, 0))
   const galoisElements = rotationSteps.map((/** @type {number} */ s) => galoisElement(s, n))
+  const rotationUses = (entry.rotation_uses ?? []).map((/** @type {unknown} */ u) => int(u, 0))
+  if (rotationUses.length && rotationUses.length !== rotationSteps.length) {
+    throw new ProtocolError(`layout ${name}: rotation_uses does not match rotation_steps`, 'bad_spec')
+  }
   if (Array.isArray(entry.galois_elements) && JSON.stringify(entry.galois_elements) !== JSON.stringify(galoisElements)) {
     throw new ProtocolError(`layout ${name}: the published Galois elements do not match its rotation steps`, 'bad_spec')
   }
@@ -152,6 +158,7 @@ function parseLayout(name, entry, n) {
     name: /** @type {'single' | 'batch'} */ (name),
     capacity,
     rotationSteps,
+    rotationUses,
     galoisElements,
     period: int(entry.period, 0),
     method: String(entry.method ?? ''),
@@ -188,7 +195,12 @@ export function parseSpec(data) {
     if (!Number.isInteger(d[key]) || d[key] < 1) throw new ProtocolError(`encryption spec: ${key} must be a positive integer`, 'bad_spec')
   }
   const steps = new Set()
-  for (const layout of Object.values(layouts)) layout.rotationSteps.forEach((s) => steps.add(s))
+  /** @type {Record<number, number>} */
+  const uses = {}
+  for (const layout of Object.values(layouts)) {
+    layout.rotationSteps.forEach((s) => steps.add(s))
+    layout.rotationUses.forEach((u, i) => (uses[layout.rotationSteps[i]] = (uses[layout.rotationSteps[i]] ?? 0) + u))
+  }
   const primes = d.plan?.coeff_modulus
   return {
     ckks,
@@ -198,6 +210,7 @@ export function parseSpec(data) {
     layouts,
     relinKeysNeeded: Boolean(d.relin_keys_needed),
     rotationSteps: [...steps].sort((a, b) => a - b),
+    rotationUses: uses,
     dataPrimes: Array.isArray(primes) && primes.every((p) => typeof p === 'number') ? primes : null,
     raw: d,
   }

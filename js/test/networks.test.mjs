@@ -76,3 +76,23 @@ test("single rows of deep networks are split by the spec's rows_per_request", { 
     assert.deepEqual(parts.map((p) => p.end - p.start), [per, per, 1], name)
   }
 })
+
+test('rotationKeys: 4 registers under 4 MB of keys and answers the same', { skip: NO_SERVER, timeout: 120_000 }, async () => {
+  const compact = new Client(URL || 'http://127.0.0.1:9', {
+    apiKey: API_KEY,
+    storage: new MemoryStorage(),
+    onWarning: (m) => assert.fail(m),
+    rotationKeys: 4,
+  })
+  const model = await compact.model('digits-mlp')
+  assert.deepEqual(model.rotationSteps(), [1, 8, 64, 512])
+  const x = rowsFor(model, 2, 50)
+  const plain = await compact.inferPlaintext('digits-mlp', x)
+  const scores = await model.rawScores(x, { layout: 'single' })
+  assertClose(scores, plain, 'digits-mlp with 4 rotation keys')
+  const run = /** @type {import('../src/client.js').RunReport} */ (model.lastRun)
+  assert.ok(run.keyBytes > 3e6 && run.keyBytes < 4e6, `${run.keyBytes} bytes of keys`)
+  const status = await compact.keyStatus(/** @type {string} */ (await model.keyId()))
+  assert.equal(status.galois_elements.length, 4)
+  await model.deleteKey()
+})

@@ -11,6 +11,7 @@ import {
   Client,
   HEServeError,
   IndexedDBStorage,
+  InputError,
   InputRanges,
   MemoryStorage,
   NotFoundError,
@@ -20,12 +21,14 @@ import {
   RequestTimeoutError,
   SecretContext,
   ServerUnavailableError,
+  compactSteps,
   galoisElement,
   labels,
   packBatch,
   parseSpec,
   preprocess,
   probabilities,
+  routes,
   sumSlotClasses,
   tileFeatures,
   v2,
@@ -456,4 +459,21 @@ test('registrations are reused, extended to new steps, and replaced when stale o
   const erased = await client.eraseKeys(LINEAR)
   assert.equal(erased.keyId, null, 'the damaged record named no key')
   assert.equal(await storage.get('secret/4096-60.49'), null)
+})
+
+test('compact rotation keys: the steps chosen and the routes composed, as engine/rotations.py', () => {
+  const powers = Array.from({ length: 12 }, (_, k) => 2 ** k)
+  assert.deepEqual(compactSteps(powers, 4096, 4), [1, 8, 64, 512])
+  assert.deepEqual(compactSteps(powers, 4096, 12), powers)
+  const mnist = [1, 2, 4, 8, 16, 32, 64, 128, 1024, 2048]
+  const uses = { 1: 1, 2: 1, 4: 1, 8: 1, 16: 4, 32: 2, 64: 1, 128: 7, 1024: 1, 2048: 1 }
+  assert.deepEqual(compactSteps(mnist, 4096, 4, uses), [1, 8, 64, 1024])
+  assert.deepEqual(compactSteps(mnist, 4096, 4), [1, 4, 32, 1024])
+  const paths = /** @type {Map<number, number[]>} */ (routes(powers, [1, 8, 64, 512], 4096))
+  assert.deepEqual(paths.get(4), [1, 1, 1, 1])
+  assert.deepEqual(paths.get(2048), [512, 512, 512, 512])
+  assert.deepEqual(routes([3072], [1024], 4096)?.get(3072), [1024, 1024, 1024])
+  assert.equal(routes([16], [1, 2048], 4096), null)
+  assert.throws(() => compactSteps(powers, 4096, 3), InputError)
+  assert.throws(() => new Client('http://x', { rotationKeys: 0 }), InputError)
 })

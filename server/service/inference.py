@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tenseal.sealapi as sealapi
 
-from heserve.engine import seal_bounds, seal_io
+from heserve.engine import rotations, seal_bounds, seal_io
 from heserve.engine.linear import EvaluationError
 from heserve.engine.plan import DEFAULT_BATCH_THREADS
 from heserve.engine.spec import BATCH, LAYOUTS, SINGLE
@@ -306,14 +306,8 @@ def _prepare_encrypted(
         raise BadRequest(
             f"model {model.name!r} needs relinearization keys; key {key_id!r} has none", code="key_mismatch"
         )
-    needed = plan.required_galois_elements(layout)
-    missing = [e for e in needed if e not in record.galois_elements]
-    if missing:
-        raise BadRequest(
-            f"key {key_id!r} lacks Galois keys for rotation steps {list(plan.single_steps)} "
-            f"(galois elements {missing}); register keys with the steps in the model metadata",
-            code="key_mismatch",
-        )
+    if plan.required_galois_elements(layout):
+        _check_rotations(plan, record, key_id)
     charge(answerable)
     eval_keys = keys.load(record)
     if eval_keys.public is None:
@@ -324,6 +318,20 @@ def _prepare_encrypted(
     if layout == SINGLE:
         return tensor, layout, eval_keys, rows, per_row, 0
     return tensor, layout, eval_keys, 0, 0, chunks
+
+
+def _check_rotations(plan, record, key_id: str) -> None:
+    """Every rotation step of the plan is a registered one or composed of at most MAX_HOPS of them."""
+    n = plan.runtime.params.poly_modulus_degree
+    registered = rotations.registered_steps(plan.single_steps, set(record.galois_elements), n)
+    try:
+        rotations.routes(plan.single_steps, registered, plan.runtime.slots)
+    except rotations.RotationError as exc:
+        raise BadRequest(
+            f"key {key_id!r} has Galois keys for rotation steps {registered}: {exc}; register keys for the "
+            f"model's rotation steps {list(plan.single_steps)} or a subset that composes them",
+            code="key_mismatch",
+        ) from None
 
 
 def _rerandomized(runtime, results: list, eval_keys) -> list[bytes]:
