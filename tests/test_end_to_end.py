@@ -86,3 +86,37 @@ def test_keys_registered_once_per_model(client, server):
     assert model.key_id == first
     status = client.key_status(first)
     assert status["status"] == "active" and status["expires_in_seconds"] > 0
+
+
+def test_an_inference_reports_the_workers_time_in_server_timing(client, server):
+    """Server-Timing: infer;dur=<ms>, the worker's time for the request (JSON and binary answers alike),
+    within the client's wall time: what tells a client whether its latency is the network or the server."""
+    import time
+
+    import requests
+
+    from heserve.protocol import v2
+
+    from .helpers import infer_message, post_binary
+
+    _, x_test, _, _ = breast_cancer_split()
+    model = client.model("breast-cancer-logreg")
+    request = model.encrypt(x_test[:1], "single")[0]
+    started = time.perf_counter()
+    binary = post_binary(
+        server.url,
+        "/v2/models/breast-cancer-logreg/infer",
+        infer_message(request.ciphertexts, model.register(), "single", request.shape, 1),
+    )
+    wall_ms = (time.perf_counter() - started) * 1e3
+    plain = requests.post(
+        server.url + "/v2/models/breast-cancer-logreg/infer",
+        json={"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 30], "data": x_test[0].tolist()}]},
+        timeout=30,
+    )
+    for response in (binary, plain):
+        assert response.status_code == 200, response.text[:300]
+        name, _, duration = response.headers["Server-Timing"].partition(";dur=")
+        assert name == "infer" and float(duration) > 0
+    assert float(binary.headers["Server-Timing"].partition(";dur=")[2]) < wall_ms
+    assert v2.HEADER_LENGTH in binary.headers
