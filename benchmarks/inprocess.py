@@ -84,7 +84,7 @@ class InProcess:
     def __init__(self, keys_dir: Path):
         self.services = Services.build(ServerConfig.from_env(keys_dir=keys_dir, key_store="disk"))
 
-    def session(self, name: str, rotation_keys: int | None = None) -> Session:
+    def session(self, name: str, rotation_keys: int | str | None = None) -> Session:
         """`rotation_keys`: as Client.model's, Galois keys for at most that many rotation steps."""
         served = self.services.registry.get(name)
         if served is None:

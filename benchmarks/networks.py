@@ -51,10 +51,6 @@ SPLITS = {
     "digits-mlp3": digits_split,
 }
 
-# Galois keys for this many rotation steps (or the fewest above it that compose every step): a second
-# server-side single-layout row, what a client on a slow link registers (engine.rotations).
-COMPACT_ROTATION_KEYS = 4
-
 Dense = tuple[np.ndarray, np.ndarray]  # (weights (n_out, n_in), bias (n_out,))
 
 
@@ -524,16 +520,11 @@ def bench_network(
 
 
 def _compact_session(engine: InProcess, name: str, plan) -> Session | None:
-    """A session registering Galois keys for the fewest steps (from COMPACT_ROTATION_KEYS up) that compose
-    every step of the plan; None when the plan has no more steps than that."""
-    steps = plan.single_steps
-    for count in range(COMPACT_ROTATION_KEYS, len(steps)):
-        try:
-            rotations.compact_steps(steps, plan.runtime.slots, count)
-        except rotations.RotationError:
-            continue
-        return engine.session(name, rotation_keys=count)
-    return None
+    """A session registering Galois keys for as few steps as compose every step of the plan (what
+    rotation_keys="fewest" picks); None when that is all of them."""
+    if len(rotations.compact_steps(plan.single_steps, plan.runtime.slots, rotations.FEWEST)) == len(plan.single_steps):
+        return None
+    return engine.session(name, rotation_keys=rotations.FEWEST)
 
 
 def _parameters_label(context: ts.Context) -> str:

@@ -136,13 +136,14 @@ class Client:
         name: str,
         key_file: str | os.PathLike | None = None,
         secret_context: SecretContext | None = None,
-        rotation_keys: int | None = None,
+        rotation_keys: int | str | None = None,
     ) -> RemoteModel:
         """A remote model. `key_file`: load the secret key from there if it exists, else create and save it.
 
         `rotation_keys`: register Galois keys for at most this many of the model's rotation steps (the
         server composes the others from them): fewer bytes to upload and store, more server time per
-        single-layout request. None registers every step: the fastest evaluation.
+        single-layout request; "fewest": as few as compose every step. None registers every step:
+        the fastest evaluation.
         """
         return RemoteModel(self, name, self.model_metadata(name), key_file, secret_context, rotation_keys)
 
@@ -259,7 +260,7 @@ class RemoteModel:
         metadata: dict,
         key_file: str | os.PathLike | None = None,
         secret_context: SecretContext | None = None,
-        rotation_keys: int | None = None,
+        rotation_keys: int | str | None = None,
     ):
         self.client = client
         self.name = name
@@ -299,13 +300,11 @@ class RemoteModel:
             )
         return self._secret
 
-    def _registered_steps(self, rotation_keys: int | None) -> tuple[int, ...]:
+    def _registered_steps(self, rotation_keys: int | str | None) -> tuple[int, ...]:
         """The rotation steps whose Galois keys `register` uploads."""
         steps = tuple(self.spec.rotation_steps)
         if rotation_keys is None or not steps:
             return steps
-        if isinstance(rotation_keys, bool) or not isinstance(rotation_keys, int):
-            raise InputError(f"rotation_keys must be an int or None, got {rotation_keys!r}")
         try:
             slots = self.spec.ckks.poly_modulus_degree // 2
             return rotations.compact_steps(steps, slots, rotation_keys, self.spec.rotation_uses)

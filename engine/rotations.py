@@ -72,19 +72,32 @@ def cost(needed: Iterable[int], available: Iterable[int], slots: int, max_hops: 
     return sum(len(path) for path in routes(needed, available, slots, max_hops).values())
 
 
+FEWEST = "fewest"
+
+
 def compact_steps(
     needed: Collection[int],
     slots: int,
-    count: int,
+    count: int | str,
     uses: Mapping[int, int] | None = None,
     max_hops: int = MAX_HOPS,
 ) -> tuple[int, ...]:
-    """The `count` needed steps whose keys compose all of them in the fewest rotations per row.
+    """The `count` needed steps whose keys compose all of them in the fewest rotations per row;
+    count "fewest": the smallest count that can.
 
     `uses`: rotations per row by each step (a spec's rotation_uses; 1 each where absent). With the
-    twelve power-of-two steps of a 4,096-slot network, each used once, and count=4 this is
-    1, 8, 64, 512: every step costs at most four rotations, 28 in all instead of 12.
+    twelve power-of-two steps of a 4,096-slot network, each used once, and count=4 (also the fewest)
+    this is 1, 8, 64, 512: every step costs at most four rotations, 28 in all instead of 12.
     """
+    if count == FEWEST:
+        for fewest in range(1, len(_normalized(needed, slots))):
+            try:
+                return compact_steps(needed, slots, fewest, uses, max_hops)
+            except RotationError:
+                continue
+        return _normalized(needed, slots)
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise RotationError(f"a count of rotation keys is a positive integer or {FEWEST!r}, got {count!r}")
     steps = _normalized(needed, slots)
     used = {int(step) % slots: int(n) for step, n in (uses or {}).items()}
     weight = {s: used.get(s, 1) for s in steps}

@@ -93,6 +93,14 @@ def _composes(steps, chosen) -> bool:
         return False
 
 
+def test_the_fewest_keys_that_compose_every_step():
+    assert rotations.compact_steps(POWERS, 4096, "fewest") == (1, 8, 64, 512)
+    deep = (1, 2, 4, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # digits-mlp3, 8,192 slots
+    fewest = rotations.compact_steps(deep, 8192, "fewest")
+    assert len(fewest) == 5 and rotations.cost(deep, fewest, 8192) <= 4 * len(deep)
+    assert rotations.compact_steps((1, 2), 4096, "fewest") == (1,)
+
+
 def test_too_few_keys_to_compose_every_step_is_refused():
     with pytest.raises(RotationError, match="no 3 of the steps"):
         rotations.compact_steps(POWERS, 4096, 3)
@@ -204,8 +212,10 @@ def test_keys_for_a_composing_subset_are_served(server, registry):
 def test_the_sdk_refuses_a_key_count_that_cannot_compose_the_steps(client):
     with pytest.raises(InputError, match="rotation_keys=3"):
         client.model("digits-mlp", rotation_keys=3)
-    with pytest.raises(InputError, match="must be an int"):
+    with pytest.raises(InputError, match="positive integer or 'fewest'"):
         client.model("digits-mlp", rotation_keys="few")
+    with pytest.raises(InputError, match="positive integer or 'fewest'"):
+        client.model("digits-mlp", rotation_keys=True)
 
 
 def test_every_published_use_count_matches_a_step(registry):
@@ -215,3 +225,39 @@ def test_every_published_use_count_matches_a_step(registry):
             assert Counter(dict(zip(layout.rotation_steps, layout.rotation_uses, strict=True))) == Counter(
                 served.spec.rotation_uses
             )
+
+
+def test_the_javascript_sdk_picks_the_same_steps(registry):
+    """js/src/rotations.js and engine/rotations.py choose the same keys for every shipped network,
+    so a browser and a Python client of one model register the same subsets."""
+    import json
+    import subprocess
+
+    from .test_js_sdk import JS, NODE, _need_node
+
+    _need_node()
+    cases = []
+    for served in registry.served_models():
+        layout = served.spec.layouts[SINGLE]
+        if not layout.rotation_steps:
+            continue
+        uses = dict(zip(layout.rotation_steps, layout.rotation_uses, strict=True))
+        slots = served.spec.ckks.slot_count
+        for count in (4, 5, "fewest"):
+            try:
+                expected = list(rotations.compact_steps(layout.rotation_steps, slots, count, uses))
+            except RotationError:
+                expected = None
+            cases.append([list(layout.rotation_steps), slots, count, uses, expected])
+    script = (
+        "import { compactSteps } from './src/rotations.js';"
+        "const cases = JSON.parse(process.argv[1]);"
+        "console.log(JSON.stringify(cases.map(([s, n, c, u]) => { try { return compactSteps(s, n, c, u) }"
+        " catch (e) { return null } })))"
+    )
+    out = subprocess.run(
+        [str(NODE), "--input-type=module", "-e", script, json.dumps(cases)],
+        cwd=JS, capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert json.loads(out.stdout) == [case[4] for case in cases]
+    assert any(case[4] is None for case in cases) and sum(case[4] is not None for case in cases) >= 10

@@ -328,7 +328,10 @@ def test_page_in_chromium(web_server, browser_page, tmp_path):
     assert page.locator("#probabilities tbody tr").count() == 10
     digit_key = page.text_content("#key-id")
     assert digit_key not in ("", "–", linear_key)
-    assert requests.get(f"{url}/v2/keys/{digit_key}", timeout=10).status_code == 200
+    digit_record = requests.get(f"{url}/v2/keys/{digit_key}", timeout=10)
+    assert digit_record.status_code == 200
+    # The page registers as few Galois keys as compose every rotation: 4 of digits-mlp's 12 steps.
+    assert len(digit_record.json()["galois_elements"]) == 4
 
     # The secret keys (read back from the page's IndexedDB) are in no request the page made.
     probes = secret_key_probes(page.evaluate(IDB_DUMP))

@@ -51,8 +51,9 @@ export const KEY_REUSE_MARGIN_MS = 120_000 // a recorded key that expires sooner
  *   as SEAL and the Python SDK: ~20% smaller, ~2 s more CPU for the largest keys)
  * @property {(message: string) => void} [onWarning] input-range warnings (default console.warn); once per model
  * @property {import('./seal.js').Seal} [seal] an already loaded node-seal module
- * @property {number} [rotationKeys] register Galois keys for at most this many of a model's rotation steps; the
- *   server composes the others (fewer bytes to upload and store, more server time per single row). Default: all.
+ * @property {number | 'fewest'} [rotationKeys] register Galois keys for at most this many of a model's rotation
+ *   steps ('fewest': as few as compose every step); the server composes the others (fewer bytes to upload and
+ *   store, less key generation, more server time per single row). Default: all.
  */
 
 /**
@@ -162,9 +163,10 @@ export class Client {
     this.timeoutMs = options.timeoutMs ?? 60_000
     this.unavailableWaitMs = options.unavailableWaitMs ?? 10_000
     this.keyCompression = options.keyCompression ?? 'zstd'
+    /** @type {number | 'fewest' | null} */
     this.rotationKeys = options.rotationKeys ?? null
-    if (this.rotationKeys !== null && (!Number.isInteger(this.rotationKeys) || this.rotationKeys < 1)) {
-      throw new InputError(`rotationKeys must be a positive integer, got ${JSON.stringify(options.rotationKeys)}`)
+    if (this.rotationKeys !== null && this.rotationKeys !== 'fewest' && (!Number.isInteger(this.rotationKeys) || this.rotationKeys < 1)) {
+      throw new InputError(`rotationKeys must be a positive integer or 'fewest', got ${JSON.stringify(options.rotationKeys)}`)
     }
     const f = options.fetch ?? globalThis.fetch
     if (!f) throw new TypeError('no fetch available: pass options.fetch')

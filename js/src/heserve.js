@@ -28,7 +28,7 @@ export { bindingTag, newBindingKey, BINDING_KEY_BYTES, TAGGED_PREFIX } from './b
 export { Blake2b, toHex, fromHex } from './blake2b.js'
 export { parseSpec, parseParams, galoisElement, paramsKey, inputScale, SINGLE, BATCH, SLOTS, COEFFICIENTS } from './spec.js'
 export { preprocess, probabilities, labels, sigmoid, softmax } from './postprocess.js'
-export { compactSteps, routes, MAX_HOPS } from './rotations.js'
+export { compactSteps, routes, MAX_HOPS, FEWEST } from './rotations.js'
 export { tileFeatures, packSingle, packBatch } from './encoding.js'
 export { InputRanges } from './ranges.js'
 export { loadSeal } from './seal.js'

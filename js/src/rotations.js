@@ -55,18 +55,34 @@ export function routes(needed, available, slots, maxHops = MAX_HOPS) {
   return out
 }
 
+/** The count of compactSteps that picks as few keys as compose every step. */
+export const FEWEST = 'fewest'
+
 /**
  * The `count` needed steps whose keys compose all of them in the fewest rotations per row, weighing
- * each step by `uses` (the spec's rotation_uses; 1 where absent).
+ * each step by `uses` (the spec's rotation_uses; 1 where absent); count 'fewest': the smallest count
+ * that can.
  * @param {number[]} needed
  * @param {number} slots
- * @param {number} count
+ * @param {number | 'fewest'} count
  * @param {Record<number, number>} [uses]
  * @returns {number[]}
  */
 export function compactSteps(needed, slots, count, uses = {}) {
   const steps = normalized(needed, slots)
-  if (!Number.isInteger(count) || count < 1) throw new InputError(`rotationKeys must be a positive integer, got ${count}`)
+  if (count === FEWEST) {
+    for (let fewest = 1; fewest < steps.length; fewest++) {
+      try {
+        return compactSteps(steps, slots, fewest, uses)
+      } catch (error) {
+        if (!(error instanceof InputError)) throw error
+      }
+    }
+    return steps
+  }
+  if (!Number.isInteger(count) || count < 1) {
+    throw new InputError(`rotationKeys must be a positive integer or '${FEWEST}', got ${JSON.stringify(count)}`)
+  }
   if (count >= steps.length) return steps
   /** @type {{score: number[], subset: number[]} | null} */
   let best = null
