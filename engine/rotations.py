@@ -1,8 +1,9 @@
 """Rotations composed from the Galois keys a client registered.
 
 A network plan publishes the rotation steps its single layout uses. A client may register Galois
-keys for only some of them: one key-switching key is ~0.7 MB at N=8192 with three data primes, so
-all twelve steps of a 4,096-slot network cost ~9 MB to upload and to store, four of them ~3 MB.
+keys for only some of them: one seeded key-switching key is ~0.7 MB at N=8192 with three data
+primes, so all twelve steps of a 4,096-slot network are a 9.3 MB upload (about twice that stored
+and held by a worker, where SEAL keeps keys expanded), four of them 3.7 MB.
 The server composes every other step from the registered ones (a rotation by 4 is four rotations by
 1 when only 1, 8, 64 and 512 are registered): fewer bytes, more key switches per request.
 
@@ -150,6 +151,8 @@ class Rotator:
         """A new ciphertext: ct rotated left by `step` slots (ct itself is not changed)."""
         if self.log is not None:
             self.log.append(step % self.slots)
+        if step % self.slots == 0:
+            return sealapi.Ciphertext(ct)
         out = ct
         for hop in self.paths[step % self.slots]:
             rotated = sealapi.Ciphertext()

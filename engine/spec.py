@@ -166,8 +166,10 @@ class EncryptionSpec:
                 )
                 _check_result_period(layouts[name], ckks)
                 layout = layouts[name]
-                if layout.rotation_uses and len(layout.rotation_uses) != len(layout.rotation_steps):
-                    raise SpecError(f"layout {name!r}: rotation_uses does not match rotation_steps")
+                if layout.rotation_uses and (
+                    len(layout.rotation_uses) != len(layout.rotation_steps) or min(layout.rotation_uses) < 1
+                ):
+                    raise SpecError(f"layout {name!r}: rotation_uses must give a positive count per rotation step")
             if not layouts:
                 raise SpecError("the model offers no layout this SDK understands")
             return cls(

@@ -224,11 +224,20 @@ def test_predict_with_compact_rotation_keys(server, cli_env, tmp_path):
     names = manifest("digits-mlp")["input_names"]
     source = str(write_csv(tmp_path / "digits.csv", names, x.tolist()))
     common = ["--server", server.url, "--model", "digits-mlp", "--input", source, "--output", "-", "--layout", "single"]
-    result = run_cli(cli_env, "predict", *common, "--rotation-keys", "4", "--key-file", str(tmp_path / "c.key"))
+    key = ["--key-file", str(tmp_path / "c.key")]
+    result = run_cli(cli_env, "predict", *common, "--rotation-keys", "4", *key)
     assert result.returncode == 0, result.stderr
     lines = list(csv.reader(result.stdout.splitlines()))
     expected = plaintext_scores("digits-mlp", x).argmax(axis=1)
     assert np.array_equal(column(lines[0], lines[1:], "prediction", int), expected)
+    assert "registering evaluation keys" in result.stderr
+    # The same steps again: the registered keys are reused; every step (no flag): registered anew.
+    again = run_cli(cli_env, "predict", *common, "--rotation-keys", "4", *key)
+    assert again.returncode == 0 and "registering evaluation keys" not in again.stderr, again.stderr
+    full = run_cli(cli_env, "predict", *common, *key)
+    assert full.returncode == 0 and "registering evaluation keys" in full.stderr, full.stderr
+    fewest = run_cli(cli_env, "predict", *common, "--rotation-keys", "fewest", *key)  # back to 4: anew
+    assert fewest.returncode == 0 and "registering evaluation keys" in fewest.stderr, fewest.stderr
     refused = run_cli(cli_env, "predict", *common, "--rotation-keys", "3", "--key-file", str(tmp_path / "d.key"))
     assert refused.returncode != 0 and "rotation_keys=3" in refused.stderr
     assert "Traceback" not in refused.stderr

@@ -20,6 +20,7 @@ from heserve.client.cli.tables import match_columns, parse_values, read_table, w
 from heserve.client.client import SINGLE_CIPHERTEXTS_PER_REQUEST, Client, RemoteModel
 from heserve.client.errors import HEClientError, NotFoundError
 from heserve.client.keyids import KEY_ID, KEY_REUSE_MARGIN_SECONDS, KeyIdRecords, expires_in, secret_fingerprint
+from heserve.engine.params import galois_element
 from heserve.engine.spec import BATCH, SINGLE
 
 
@@ -63,10 +64,15 @@ def ensure_registered(client: Client, model: RemoteModel, records: KeyIdRecords,
                 status = client.key_status(record["key_id"])
             except NotFoundError:
                 status = {}
-            if status.get("status") == "active" and expires_in(status) >= KEY_REUSE_MARGIN_SECONDS:
+            if (
+                status.get("status") == "active"
+                and expires_in(status) >= KEY_REUSE_MARGIN_SECONDS
+                and sorted(status.get("galois_elements", [])) == wanted_galois_elements(model)
+            ):
                 model.key_id = record["key_id"]
                 return model.key_id
-        # About to expire, or registered for a secret key that has since been replaced: erase it now.
+        # About to expire, registered for a secret key that has since been replaced, or for other rotation
+        # steps than this run asks for (--rotation-keys): erase it now.
         try:
             client.delete_key(record["key_id"])
         except NotFoundError:
@@ -80,6 +86,11 @@ def ensure_registered(client: Client, model: RemoteModel, records: KeyIdRecords,
         expires_at = ""
     records.put(client.url, model.name, key_id, expires_at, fingerprint)
     return key_id
+
+
+def wanted_galois_elements(model: RemoteModel) -> list[int]:
+    n = model.spec.ckks.poly_modulus_degree
+    return sorted(galois_element(step, n) for step in model.rotation_steps)
 
 
 def record_current_key(client: Client, model: RemoteModel, records: KeyIdRecords) -> None:

@@ -70,10 +70,13 @@ export const FEWEST = 'fewest'
  */
 export function compactSteps(needed, slots, count, uses = {}) {
   const steps = normalized(needed, slots)
+  /** @type {Record<number, number>} */
+  const weight = {}
+  for (const [step, n] of Object.entries(uses)) weight[((Number(step) % slots) + slots) % slots] = n
   if (count === FEWEST) {
     for (let fewest = 1; fewest < steps.length; fewest++) {
       try {
-        return compactSteps(steps, slots, fewest, uses)
+        return compactSteps(steps, slots, fewest, weight)
       } catch (error) {
         if (!(error instanceof InputError)) throw error
       }
@@ -92,7 +95,7 @@ export function compactSteps(needed, slots, count, uses = {}) {
     let total = 0
     let longest = 0
     for (const [step, path] of paths) {
-      total += (uses[step] ?? 1) * path.length
+      total += (weight[step] ?? 1) * path.length
       longest = Math.max(longest, path.length)
     }
     if (!best || total < best.score[0] || (total === best.score[0] && longest < best.score[1])) {

@@ -130,8 +130,8 @@ function parseLayout(name, entry, n) {
   const rotationSteps = (entry.rotation_steps ?? []).map((/** @type {unknown} */ s) => int(s, 0))
   const galoisElements = rotationSteps.map((/** @type {number} */ s) => galoisElement(s, n))
   const rotationUses = (entry.rotation_uses ?? []).map((/** @type {unknown} */ u) => int(u, 0))
-  if (rotationUses.length && rotationUses.length !== rotationSteps.length) {
-    throw new ProtocolError(`layout ${name}: rotation_uses does not match rotation_steps`, 'bad_spec')
+  if (rotationUses.length && (rotationUses.length !== rotationSteps.length || rotationUses.some((/** @type {number} */ u) => u < 1))) {
+    throw new ProtocolError(`layout ${name}: rotation_uses must give a positive count per rotation step`, 'bad_spec')
   }
   if (Array.isArray(entry.galois_elements) && JSON.stringify(entry.galois_elements) !== JSON.stringify(galoisElements)) {
     throw new ProtocolError(`layout ${name}: the published Galois elements do not match its rotation steps`, 'bad_spec')

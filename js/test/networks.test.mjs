@@ -96,3 +96,10 @@ test('rotationKeys: 4 registers under 4 MB of keys and answers the same', { skip
   assert.equal(status.galois_elements.length, 4)
   await model.deleteKey()
 })
+
+test("rotationKeys weighs the spec's rotation_uses (mnist-size-mlp rotates by 128 seven times a row)", { skip: NO_SERVER }, async () => {
+  const compact = new Client(URL || 'http://127.0.0.1:9', { apiKey: API_KEY, storage: new MemoryStorage(), rotationKeys: 4 })
+  const model = await compact.model('mnist-size-mlp')
+  assert.equal(model.spec.rotationUses[128], 7)
+  assert.deepEqual(model.rotationSteps(), [1, 8, 64, 1024])
+})
