@@ -100,7 +100,8 @@ def infer(
     `charge_rows` is called with the number of rows the request's ciphertexts can answer
     (not the number the client claims) after the request is checked and before it is
     evaluated; it raises to refuse the request (a tenant's quota). `info` receives the
-    layout, key id, rows answered and the time spent per phase (PhaseTimes).
+    layout, key id, rows answered, the time spent per phase (PhaseTimes) and the rotations that
+    composing the client's registered Galois keys added (engine.rotations).
     """
     info = info if info is not None else {}
     times = info.setdefault("times", PhaseTimes())
@@ -124,7 +125,7 @@ def infer(
     binary = _output_format(request, output_name, encrypted)
     charge = charge_rows or (lambda rows: None)
     if encrypted:
-        response = _infer_encrypted(model, keys, request, limits, owner, charge, times)
+        response = _infer_encrypted(model, keys, request, limits, owner, charge, times, info)
     else:
         if not limits.allow_plaintext:
             raise Forbidden("plaintext inference is disabled on this server; send ciphertexts")
@@ -208,11 +209,13 @@ def _infer_encrypted(
     owner: str,
     charge: Callable[[int], None],
     times: PhaseTimes,
+    info: dict,
 ) -> v2.Message:
     with times.phase("compute_input"):
-        tensor, layout, eval_keys, rows, per_row, chunks = _prepare_encrypted(
+        tensor, layout, eval_keys, rows, per_row, chunks, composed = _prepare_encrypted(
             model, keys, request, limits, owner, charge
         )
+    info["composed_rotations"] = composed
     deadline = Deadline(limits.deadline_seconds)
     plan = model.plan
     runtime = plan.runtime
@@ -306,8 +309,7 @@ def _prepare_encrypted(
         raise BadRequest(
             f"model {model.name!r} needs relinearization keys; key {key_id!r} has none", code="key_mismatch"
         )
-    if plan.required_galois_elements(layout):
-        _check_rotations(plan, record, key_id)
+    composed = _check_rotations(plan, record, key_id, model.spec) if plan.required_galois_elements(layout) else 0
     charge(answerable)
     eval_keys = keys.load(record)
     if eval_keys.public is None:
@@ -316,22 +318,25 @@ def _prepare_encrypted(
             code="key_mismatch",
         )
     if layout == SINGLE:
-        return tensor, layout, eval_keys, rows, per_row, 0
-    return tensor, layout, eval_keys, 0, 0, chunks
+        return tensor, layout, eval_keys, rows, per_row, 0, composed * rows
+    return tensor, layout, eval_keys, 0, 0, chunks, 0
 
 
-def _check_rotations(plan, record, key_id: str) -> None:
-    """Every rotation step of the plan is a registered one or composed of at most MAX_HOPS of them."""
+def _check_rotations(plan, record, key_id: str, spec) -> int:
+    """Every rotation step of the plan is a registered one or composed of at most MAX_HOPS of them;
+    returns the rotations per row that composition adds (for the operators' metrics)."""
     n = plan.runtime.params.poly_modulus_degree
     registered = rotations.registered_steps(plan.single_steps, set(record.galois_elements), n)
     try:
-        rotations.routes(plan.single_steps, registered, plan.runtime.slots)
+        paths = rotations.routes(plan.single_steps, registered, plan.runtime.slots)
     except rotations.RotationError as exc:
         raise BadRequest(
             f"key {key_id!r} has Galois keys for rotation steps {registered}: {exc}; register keys for the "
             f"model's rotation steps {list(plan.single_steps)} or a subset that composes them",
             code="key_mismatch",
         ) from None
+    uses = spec.rotation_uses
+    return sum(uses.get(step, 1) * (len(path) - 1) for step, path in paths.items())
 
 
 def _rerandomized(runtime, results: list, eval_keys) -> list[bytes]:

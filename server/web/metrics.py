@@ -153,6 +153,12 @@ class Metrics:
             ["model", "version", "phase"],
             registry=r,
         )
+        self.model_composed_rotations = Counter(
+            "heserve_model_composed_rotations",
+            "rotations (key switches) added by composing steps a client registered no Galois key for",
+            ["model", "version"],
+            registry=r,
+        )
         self.model_last_inference = Gauge(
             "heserve_model_last_inference_milliseconds",
             "when the model last answered, in milliseconds since the epoch",
@@ -182,6 +188,7 @@ class Metrics:
         if not ok:
             return
         self.model_rows.labels(model, version).inc(info.get("rows", 0))
+        self.model_composed_rotations.labels(model, version).inc(info.get("composed_rotations", 0))
         self.model_phase_ns.labels(model, version, "queue").inc(info.get("queue_ns", 0))
         times = info.get("times")
         for phase, ns in (times.ns.items() if times is not None else ()):
