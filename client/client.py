@@ -303,9 +303,12 @@ class RemoteModel:
     def _registered_steps(self, rotation_keys: int | str | None) -> tuple[int, ...]:
         """The rotation steps whose Galois keys `register` uploads."""
         steps = tuple(self.spec.rotation_steps)
-        if rotation_keys is None or not steps:
+        if rotation_keys is None:
             return steps
         try:
+            rotations.check_count(rotation_keys)  # refused for every model alike, rotating or not
+            if not steps:
+                return steps
             slots = self.spec.ckks.poly_modulus_degree // 2
             return rotations.compact_steps(steps, slots, rotation_keys, self.spec.rotation_uses)
         except rotations.RotationError as exc:

@@ -89,6 +89,7 @@ class _Dense:
         self.weights = weights
         self.bias = bias
         self.single: list[list[sealapi.Plaintext | None]] = []  # [giant][baby]
+        self.giant_top = 0  # the highest giant block with a non-zero diagonal
         self.single_bias: sealapi.Plaintext | None = None
         self.single_plain_scale = 0.0
         self.single_out_scale = 0.0
@@ -128,7 +129,11 @@ class DeepNetworkPlan(LeveledPlan):
         ]
         self._compile_single()
         self._compile_batch()
-        self.single_steps = self.schedule.rotation_steps
+        uses = self.schedule.rotation_uses()
+        for layer in self.dense:  # one giant rotation per block below the highest with a term
+            if layer.schedule.giant > 1:
+                uses[layer.schedule.baby] -= (layer.schedule.giant - 1) - layer.giant_top
+        self._publish_rotations(uses)
         self.rows_per_request = int(np.clip(REQUEST_SECONDS_TARGET // self.schedule.single_row_seconds(), 1, 64))
 
     # --- compilation -------------------------------------------------------------------------
@@ -172,6 +177,7 @@ class DeepNetworkPlan(LeveledPlan):
                 layer.single.append(row)
             if not any(p for row in layer.single for p in row):
                 raise ValueError(f"layer {s.index} has no non-zero weight")
+            layer.giant_top = max(g for g, row in enumerate(layer.single) if any(row))
             bias = np.zeros(s.d_out)
             bias[: s.n_out] = layer.bias
             if s.summed_by_client:
@@ -257,7 +263,7 @@ class DeepNetworkPlan(LeveledPlan):
                     SINGLE,
                     capacity=1,
                     rotation_steps=self.single_steps,
-                    rotation_uses=tuple(sched.rotation_uses()[s] for s in self.single_steps),
+                    rotation_uses=self.single_rotation_uses,
                     period=sched.input_period,
                     method="periodic-diagonal-bsgs",
                     # The PackedLayout form the SDK already packs: one ciphertext, period d0.
@@ -285,8 +291,8 @@ class DeepNetworkPlan(LeveledPlan):
             "coeff_modulus": [int(q) for q in self.moduli[0]],
             "scales_log2": {"data": sched.scale_bits, "output": round(math.log2(self.single_output_scale), 3)},
             "levels": self.single_scales,  # the scale after every stage, and the level it lands at
-            "rotation_steps": list(sched.rotation_steps),
-            "galois_elements": [galois_element(s, n) for s in sched.rotation_steps],
+            "rotation_steps": list(self.single_steps),
+            "galois_elements": [galois_element(s, n) for s in self.single_steps],
             "single": {
                 "input_period": sched.input_period,
                 "dense": [{"source": d.source, "d_in": d.d_in, "d_out": d.d_out, "baby": d.baby, "giant": d.giant,
@@ -329,7 +335,7 @@ class DeepNetworkPlan(LeveledPlan):
             low = k & -k
             babies.append(rotator.rotated(babies[k - low], low))
         acc = None
-        for g in reversed(range(s.giant)):
+        for g in reversed(range(layer.giant_top + 1)):
             if acc is not None:
                 acc = rotator.rotated(acc, s.baby)
             for k, plain in enumerate(layer.single[g]):

@@ -4,6 +4,7 @@ context, plaintexts encoded at a level, rotations, and the checks of their input
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import tenseal.sealapi as sealapi
@@ -87,6 +88,17 @@ class LeveledPlan(RowCharges):
         if data.shape[1:] != (len(self.moduli[level]), self.runtime.params.poly_modulus_degree):
             raise AssertionError(f"an intermediate ciphertext has shape {data.shape} at level {level}")
         return data
+
+    def _publish_rotations(self, uses: Counter[int]) -> None:
+        """The single layout's rotation steps and their uses per row, as evaluation makes them: a step
+        whose every use was skipped (a giant block of all-zero weights) is not published, so no
+        client registers a key for it and the plan contract's count holds."""
+        self.single_step_uses = {step: count for step, count in sorted(uses.items()) if count > 0}
+        self.single_steps = tuple(self.single_step_uses)
+
+    @property
+    def single_rotation_uses(self) -> tuple[int, ...]:
+        return tuple(self.single_step_uses[s] for s in self.single_steps)
 
     def _rotator(self, keys) -> Rotator:
         """Rotations by every step of the single layout, composed from the client's registered keys.

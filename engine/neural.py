@@ -283,8 +283,11 @@ class NetworkPlan(LeveledPlan):
                     per_giant.append(self._encode(values, self.single_w1_scale, 0) if np.any(values) else None)
                 per_baby.append(per_giant)
             self._single_w1.append(per_baby)
-        if not any(p for per_baby in self._single_w1 for per_giant in per_baby for p in per_giant):
+        filled = [j2 for per_baby in self._single_w1 for per_giant in per_baby for j2, p in enumerate(per_giant) if p]
+        if not filled:
             raise ValueError("layer 1 has no non-zero weight")
+        # Horner over the giant steps starts at the highest block with a term: one rotation per block below it.
+        self._giant_top = max(filled)
         hidden = slot // copy
         b1 = np.zeros(lay.hidden)
         b1[: self.n_hidden] = self.b1
@@ -310,7 +313,10 @@ class NetworkPlan(LeveledPlan):
             self._single_b2 = None
         values = np.where(clean, w2[hidden, k] / np.maximum(per_class[k], 1), 0.0)
         self._single_w2 = self._encode(values, self.single_w2_scale, 1)
-        self.single_steps = lay.rotation_steps(slots)
+        uses = lay.rotation_uses(slots)
+        if lay.giant_step():
+            uses[lay.giant_step()] -= (lay.giant - 1) - self._giant_top
+        self._publish_rotations(uses)
         self._compile_result_mask(2, lay.out_period)
 
     def _compile_batch(self) -> None:
@@ -343,7 +349,7 @@ class NetworkPlan(LeveledPlan):
                     SINGLE,
                     capacity=1,
                     rotation_steps=self.single_steps,
-                    rotation_uses=tuple(self.layout.rotation_uses(slots)[s] for s in self.single_steps),
+                    rotation_uses=self.single_rotation_uses,
                     period=self.layout.period,
                     method="periodic-packed",
                     packing=self.layout.to_json(),
@@ -449,7 +455,7 @@ class NetworkPlan(LeveledPlan):
         # A_j2 = sum over ciphertexts and baby steps of (baby copy) * W1 plaintext (j1, j2).
         giant_step = lay.giant_step()
         acc = None
-        for j2 in reversed(range(lay.giant)):
+        for j2 in reversed(range(self._giant_top + 1)):
             if acc is not None:
                 acc = rotator.rotated(acc, giant_step)
             for mu, copies in enumerate(babies):

@@ -90,6 +90,7 @@ def compact_steps(
     twelve power-of-two steps of a 4,096-slot network, each used once, and count=4 (also the fewest)
     this is 1, 8, 64, 512: every step costs at most four rotations, 28 in all instead of 12.
     """
+    check_count(count)
     if count == FEWEST:
         for fewest in range(1, len(_normalized(needed, slots))):
             try:
@@ -97,15 +98,11 @@ def compact_steps(
             except RotationError:
                 continue
         return _normalized(needed, slots)
-    if isinstance(count, bool) or not isinstance(count, int):
-        raise RotationError(f"a count of rotation keys is a positive integer or {FEWEST!r}, got {count!r}")
     steps = _normalized(needed, slots)
     used = {int(step) % slots: int(n) for step, n in (uses or {}).items()}
     weight = {s: used.get(s, 1) for s in steps}
     if count >= len(steps):
         return steps
-    if count < 1:
-        raise RotationError("at least one rotation key is needed")
     best: tuple[tuple[int, int], tuple[int, ...]] | None = None
     for subset in itertools.combinations(steps, count):
         try:
@@ -120,6 +117,14 @@ def compact_steps(
             f"no {count} of the steps {list(steps)} compose all of them in at most {max_hops} rotations each"
         )
     return best[1]
+
+
+def check_count(count: object) -> None:
+    """A count of rotation keys is a whole number of at least 1, or FEWEST."""
+    if count == FEWEST:
+        return
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RotationError(f"a count of rotation keys is a positive integer or {FEWEST!r}, got {count!r}")
 
 
 def registered_steps(steps: Iterable[int], galois_elements: Collection[int], poly_modulus_degree: int) -> list[int]:

@@ -10,8 +10,10 @@ For a compiled plan (heserve.engine.plan.Plan) and real SEAL keys made here, it 
 2. nothing but the outputs: a single-layout input crafted by the key's owner (random values in
    every slot or every coefficient) gives, in every slot or coefficient of every result, an output
    for one input vector the owner could have sent honestly, or nothing readable;
-3. rotations: the Galois elements the spec publishes are exactly those evaluation uses (it runs
-   with exactly them, and fails without any one of them); the batch layout uses none.
+3. rotations: the Galois elements the spec publishes are exactly those evaluation uses, each step
+   exactly as many times per row as `rotation_uses` says (it runs with exactly those keys, none
+   composed, and counts); with keys for only as few steps as compose the others (engine.rotations)
+   the answer is the same; the batch layout uses none.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ def _check_rotations(plan: Plan, owner: _Owner, row: np.ndarray, tolerance: floa
     _require(used == published, f"the spec publishes Galois elements {published}, evaluation uses {used}")
     _require(not plan.required_galois_elements(BATCH), "the batch layout rotates")
     _require(not owner.spec.layouts[BATCH].rotation_steps, "the batch layout publishes rotations")
-    uses = dict(zip(layout.rotation_steps, layout.rotation_uses, strict=False))
+    slots = owner.secret.slot_count
+    uses = {step % slots: count for step, count in zip(layout.rotation_steps, layout.rotation_uses, strict=False)}
     _require(
         len(layout.rotation_uses) == len(layout.rotation_steps) and all(u >= 1 for u in layout.rotation_uses),
         f"the spec publishes rotation steps {list(layout.rotation_steps)} with uses {list(layout.rotation_uses)}",
@@ -163,7 +166,7 @@ def _check_rotations(plan: Plan, owner: _Owner, row: np.ndarray, tolerance: floa
     counted = Counter(keys.rotation_log)
     _require(counted == Counter(uses), f"the spec publishes rotations {uses} per row, evaluation made {dict(counted)}")
     keys.rotation_log = None
-    fewest = rotations.compact_steps(layout.rotation_steps, owner.secret.slot_count, rotations.FEWEST, uses)
+    fewest = rotations.compact_steps(layout.rotation_steps, slots, rotations.FEWEST, uses)
     if len(fewest) < len(layout.rotation_steps):
         compact = owner.keys([galois_element(s, n) for s in fewest])
         compact.rotation_hops = rotations.MAX_HOPS

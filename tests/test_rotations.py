@@ -98,13 +98,20 @@ def test_the_fewest_keys_that_compose_every_step():
     fewest = rotations.compact_steps(deep, 8192, "fewest")
     assert len(fewest) == 5 and rotations.cost(deep, fewest, 8192) <= 4 * len(deep)
     assert rotations.compact_steps((1, 2), 4096, "fewest") == (1,)
+    # Nothing smaller composes 1 and 3000 (no sum of four 3000s is 1 mod 4096): every step.
+    assert rotations.compact_steps((1, 3000), 4096, "fewest") == (1, 3000)
+    assert rotations.compact_steps((), 4096, "fewest") == ()
+    assert rotations.compact_steps((-1, 4095, 1), 4096, "fewest") == (1, 4095)
 
 
 def test_too_few_keys_to_compose_every_step_is_refused():
     with pytest.raises(RotationError, match="no 3 of the steps"):
         rotations.compact_steps(POWERS, 4096, 3)
-    with pytest.raises(RotationError, match="at least one"):
-        rotations.compact_steps(POWERS, 4096, 0)
+    for bad in (0, -2, True, 2.0, "few"):
+        with pytest.raises(RotationError, match="positive integer or 'fewest'"):
+            rotations.compact_steps(POWERS, 4096, bad)
+        with pytest.raises(RotationError, match="positive integer or 'fewest'"):
+            rotations.compact_steps((), 4096, bad)
 
 
 # --- the engine, in process, on real SEAL ciphertexts ----------------------------------------
@@ -269,6 +276,19 @@ def test_the_javascript_sdk_picks_the_same_steps(registry):
             except RotationError:
                 expected = None
             cases.append([list(layout.rotation_steps), slots, count, uses, expected])
+    # Beyond the shipped ones: negative and wrapped steps, uses keyed by either, nothing composable.
+    for steps, uses in (
+        ([-1, 4095, 1, 64], {"-1": 3, "64": 2}),
+        ([1, 3000], {}),
+        ([3, 5, 7, 11, 13, 4000], {"7": 9}),
+        ([], {}),
+    ):
+        for count in (1, 2, "fewest"):
+            try:
+                expected = list(rotations.compact_steps(steps, 4096, count, {int(k): v for k, v in uses.items()}))
+            except RotationError:
+                expected = None
+            cases.append([steps, 4096, count, uses, expected])
     script = (
         "import { compactSteps } from './src/rotations.js';"
         "const cases = JSON.parse(process.argv[1]);"
@@ -281,3 +301,33 @@ def test_the_javascript_sdk_picks_the_same_steps(registry):
     )
     assert json.loads(out.stdout) == [case[4] for case in cases]
     assert any(case[4] is None for case in cases) and sum(case[4] is not None for case in cases) >= 10
+
+
+@pytest.mark.parametrize(("name", "layer_index", "step"), [("digits-cnn", 0, 32), ("digits-cryptonets", 4, 4)])
+def test_a_giant_block_of_zero_weights_is_not_a_published_rotation(registry, name, layer_index, step):
+    """Pruned or locally connected weights can leave the highest giant block of a layer without a term;
+    evaluation then skips its rotation. The published uses (and steps) follow what evaluation does, so
+    the plan contract holds and a client registers no key it does not need. One activation: digits-cnn's
+    first layer with hidden unit c reading only half the pixels; several: digits-cryptonets' last layer
+    without the diagonals of its top giant block."""
+    from heserve.models import artifact
+    from heserve.server.service.registry import network_plan
+
+    served = registry.get(name)
+    art = artifact.load(MODELS_DIR / name)
+    arrays = dict(art.arrays)
+    key = art.manifest["layers"][layer_index]["weights"]
+    w = arrays[key].copy()
+    rows, cols = np.indices(w.shape)
+    if name == "digits-cnn":  # even units read pixels 16..31, odd ones 48..63: the block at 32 is empty
+        keep = np.where(rows % 2 == 0, (cols >= 16) & (cols < 32), cols >= 48)
+    else:  # d_out 16, baby 4, giant 4: the diagonals (c - r) mod 16 in 12..15 form the top block
+        keep = (cols - rows) % 16 < 12
+    arrays[key] = w * keep
+    pruned = network_plan(art.manifest, arrays, registry.runtime_for)
+    published = served.spec.layouts[SINGLE]
+    before = dict(zip(published.rotation_steps, published.rotation_uses, strict=True))
+    layout = pruned.spec().layouts[SINGLE]
+    after = dict(zip(layout.rotation_steps, layout.rotation_uses, strict=True))
+    assert after.get(step, 0) < before[step]
+    check_plan(pruned, preprocess(digits_split()[1][:2], art.manifest["preprocess"]))

@@ -64,7 +64,12 @@ def _positive_int(text: str) -> int:
 
 
 def _rotation_keys(text: str) -> int | str:
-    return "fewest" if text == "fewest" else _positive_int(text)
+    if text.lower() == "fewest":
+        return "fewest"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a whole number of at least 1 nor 'fewest'") from None
 
 
 def _positive_float(text: str) -> float:

@@ -67,7 +67,7 @@ def ensure_registered(client: Client, model: RemoteModel, records: KeyIdRecords,
             if (
                 status.get("status") == "active"
                 and expires_in(status) >= KEY_REUSE_MARGIN_SECONDS
-                and sorted(status.get("galois_elements", [])) == wanted_galois_elements(model)
+                and set(status.get("galois_elements", [])) == wanted_galois_elements(model)
             ):
                 model.key_id = record["key_id"]
                 return model.key_id
@@ -88,9 +88,9 @@ def ensure_registered(client: Client, model: RemoteModel, records: KeyIdRecords,
     return key_id
 
 
-def wanted_galois_elements(model: RemoteModel) -> list[int]:
+def wanted_galois_elements(model: RemoteModel) -> set[int]:
     n = model.spec.ckks.poly_modulus_degree
-    return sorted(galois_element(step, n) for step in model.rotation_steps)
+    return {galois_element(step, n) for step in model.rotation_steps}
 
 
 def record_current_key(client: Client, model: RemoteModel, records: KeyIdRecords) -> None:
@@ -116,7 +116,7 @@ def erase_recorded(client: Client, model: str, records: KeyIdRecords, args: argp
 
 
 # --- predict -----------------------------------------------------------------------------------
-def open_model(client: Client, name: str, key_file: Path, rotation_keys: int | None = None) -> RemoteModel:
+def open_model(client: Client, name: str, key_file: Path, rotation_keys: int | str | None = None) -> RemoteModel:
     """The served model `name`; an unknown name is a CLIError listing the served models."""
     try:
         return client.model(name, key_file=key_file, rotation_keys=rotation_keys)

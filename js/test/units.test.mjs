@@ -476,6 +476,7 @@ test('compact rotation keys: the steps chosen and the routes composed, as engine
   assert.equal(routes([16], [1, 2048], 4096), null)
   assert.throws(() => compactSteps(powers, 4096, 3), InputError)
   assert.deepEqual(compactSteps(powers, 4096, 'fewest'), [1, 8, 64, 512])
+  assert.deepEqual(compactSteps([1, 3000], 4096, 'fewest'), [1, 3000]) // nothing smaller composes them
   const deep = [1, 2, 4, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096]
   assert.equal(compactSteps(deep, 8192, 'fewest').length, 5)
   assert.throws(() => new Client('http://x', { rotationKeys: /** @type {any} */ ('few') }), InputError)
