@@ -219,7 +219,9 @@ class LinearPlan(RowCharges):
         ]
         if any(not terms for terms in self._batch_terms):
             raise ValueError("an output with all-zero weights cannot be evaluated")
-        self._batch_bias_cache: dict[int, list[sealapi.Plaintext]] = {}
+        # Full chunks' bias, made once; a partial chunk's is made for its request and not kept, so
+        # that no request's time depends on what rows counts other tenants sent before it.
+        self._full_chunk_bias = self._encode_batch_bias(self.runtime.slots)
 
     # --- description ---------------------------------------------------------------------
     def spec(self) -> EncryptionSpec:
@@ -279,18 +281,16 @@ class LinearPlan(RowCharges):
         return results
 
     def _batch_bias(self, rows: int) -> list[sealapi.Plaintext]:
+        return self._full_chunk_bias if rows == self.runtime.slots else self._encode_batch_bias(rows)
+
+    def _encode_batch_bias(self, rows: int) -> list[sealapi.Plaintext]:
         # Bias only in the slots of real rows, so unused slots decrypt to zero.
-        cached = self._batch_bias_cache.get(rows)
-        if cached is None:
-            cached = []
-            for b in self.bias:
-                vector = np.zeros(self.runtime.slots)
-                vector[:rows] = b
-                cached.append(self.runtime.encode(vector, self.output_scale))
-            if len(self._batch_bias_cache) > 64:
-                self._batch_bias_cache.clear()
-            self._batch_bias_cache[rows] = cached
-        return cached
+        plaintexts = []
+        for b in self.bias:
+            vector = np.zeros(self.runtime.slots)
+            vector[:rows] = b
+            plaintexts.append(self.runtime.encode(vector, self.output_scale))
+        return plaintexts
 
     def evaluate_batch(self, cts: list[sealapi.Ciphertext], rows: int, keys=None, threads: int = 1
                        ) -> list[sealapi.Ciphertext]:

@@ -123,3 +123,20 @@ def _zero_like(plain):
     zero = sealapi.Plaintext(plain)
     zero.set_zero()
     return zero
+
+
+def test_a_linear_batch_leaves_no_trace_of_its_row_count_in_the_plan(registry):
+    """A batch of an odd row count builds its bias for itself and keeps nothing: no later request's
+    time can tell another tenant which row counts were sent before it (a per-worker cache did)."""
+    from heserve.client import encoding
+    from heserve.contract import _Owner
+
+    plan = registry.get("breast-cancer-logreg").plan
+    owner = _Owner(plan)
+    state = {name: (id(value), len(value) if hasattr(value, "__len__") else None) for name, value in vars(plan).items()}
+    x = np.random.default_rng(3).normal(size=(77, plan.n_features))
+    columns = encoding.pack_batch(x, owner.secret.slot_count)
+    inputs = [owner.load(owner.secret.encrypt(c, owner.scale("batch"))) for c in columns]
+    assert len(plan.evaluate_batch(inputs, 77, owner.keys([]))) == plan.n_outputs
+    after = {name: (id(value), len(value) if hasattr(value, "__len__") else None) for name, value in vars(plan).items()}
+    assert after == state
