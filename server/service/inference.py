@@ -76,11 +76,12 @@ class Deadline:
         self.seconds = seconds
         self.ends = time.monotonic() + seconds
 
-    def check(self) -> None:
+    def check(self, done: int, total: int, unit: str) -> None:
+        """Before item `done` (0-based) of `total`: the message says how many were evaluated."""
         if time.monotonic() > self.ends:
             raise PayloadTooLarge(
-                f"the request needs more than the {self.seconds:g} s of worker time one request may take; "
-                "send fewer rows per request",
+                f"the request needs more than the {self.seconds:g} s of worker time one request may take "
+                f"(stopped after {done} of {total} {unit}); send fewer {unit} per request",
                 "deadline_exceeded",
             )
 
@@ -222,7 +223,7 @@ def _infer_encrypted(
     outputs: list[bytes] = []
     if layout == SINGLE:
         for row in range(rows):
-            deadline.check()
+            deadline.check(row, rows, "rows")
             with times.phase("compute_input"):
                 cts = [
                     _load_ciphertext(runtime, blob, f"ciphertext [{row}, {j}]", plan, SINGLE)
@@ -238,7 +239,7 @@ def _infer_encrypted(
         rows = request.parameters["rows"]
         capacity = runtime.slots
         for chunk in range(chunks):
-            deadline.check()
+            deadline.check(chunk, chunks, "chunks")
             chunk_rows = min(capacity, rows - chunk * capacity)
             blobs = tensor.data[chunk * plan.n_features : (chunk + 1) * plan.n_features]
             with times.phase("compute_input"):
