@@ -13,7 +13,7 @@ For a compiled plan (heserve.engine.plan.Plan) and real SEAL keys made here, it 
 3. rotations: the Galois elements the spec publishes are exactly those evaluation uses, each step
    exactly as many times per row as `rotation_uses` says (it runs with exactly those keys, none
    composed, and counts); with keys for only as few steps as compose the others (engine.rotations)
-   the answer is the same; the batch layout uses none.
+   the answer is the same, and crafted inputs reveal no more (check 2 again); the batch layout uses none.
 """
 
 from __future__ import annotations
@@ -138,13 +138,15 @@ def check_plan(plan: Plan, x: np.ndarray, tolerance: float = 2e-3, seed: int = 0
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     _require(x.shape[1] == plan.n_features, f"rows have {x.shape[1]} features, the plan {plan.n_features}")
     owner = _Owner(plan)
-    keys = _check_rotations(plan, owner, x[0], tolerance)
+    keys, compact = _check_rotations(plan, owner, x[0], tolerance)
     _check_single_agreement(plan, owner, keys, x, tolerance)
     _check_batch_agreement(plan, owner, x, tolerance)
     _check_crafted_single(plan, owner, keys, np.random.default_rng(seed), tolerance)
+    if compact is not None:  # composed rotations reveal no more than direct ones
+        _check_crafted_single(plan, owner, compact, np.random.default_rng(seed + 1), tolerance)
 
 
-def _check_rotations(plan: Plan, owner: _Owner, row: np.ndarray, tolerance: float) -> _Keys:
+def _check_rotations(plan: Plan, owner: _Owner, row: np.ndarray, tolerance: float) -> tuple[_Keys, _Keys | None]:
     """Published rotations are exactly those evaluation makes, step by step and count by count; and
     with keys for as few steps as compose the others, the answer is the same."""
     n = owner.spec.ckks.poly_modulus_degree
@@ -167,6 +169,7 @@ def _check_rotations(plan: Plan, owner: _Owner, row: np.ndarray, tolerance: floa
     _require(counted == Counter(uses), f"the spec publishes rotations {uses} per row, evaluation made {dict(counted)}")
     keys.rotation_log = None
     fewest = rotations.compact_steps(layout.rotation_steps, slots, rotations.FEWEST, uses)
+    compact = None
     if len(fewest) < len(layout.rotation_steps):
         compact = owner.keys([galois_element(s, n) for s in fewest])
         compact.rotation_hops = rotations.MAX_HOPS
@@ -177,7 +180,7 @@ def _check_rotations(plan: Plan, owner: _Owner, row: np.ndarray, tolerance: floa
             error < _allowed(tolerance, want),
             f"with Galois keys for steps {list(fewest)} only, the single layout differs from plaintext by {error:.2e}",
         )
-    return keys
+    return keys, compact
 
 
 def _check_single_agreement(plan: Plan, owner: _Owner, keys: _Keys, x: np.ndarray, tolerance: float) -> None:
